@@ -17,7 +17,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import uvicorn
@@ -31,6 +31,7 @@ from zerogate.config import Settings
 from zerogate.errors import ZerogateError
 from zerogate.store import Database
 from zerogate.telemetry import PROMETHEUS_CONTENT_TYPE, Telemetry
+from zerogate.tls import PeerCertH11Protocol, ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Listener:
     app: FastAPI
     host: str
     port: int
-    ssl: dict[str, Any] = field(default_factory=dict)
+    tls: ServerTLS | None = None
 
 
 class _QuietServer(uvicorn.Server):
@@ -197,6 +198,12 @@ class ControlPlane:
             await component.start()
             log.info("event=component.started component=%s", component.name)
         for listener in self.listeners:
+            tls_options: dict[str, Any] = {}
+            if listener.tls is not None:
+                tls_options = {
+                    "ssl_context_factory": listener.tls.uvicorn_factory(),
+                    "http": PeerCertH11Protocol,
+                }
             config = uvicorn.Config(
                 listener.app,
                 host=listener.host,
@@ -204,7 +211,7 @@ class ControlPlane:
                 log_config=None,
                 access_log=False,
                 lifespan="off",
-                **listener.ssl,
+                **tls_options,
             )
             server = _QuietServer(config)
             sock = bind_socket(listener.what, listener.host, listener.port)
@@ -219,7 +226,7 @@ class ControlPlane:
                     raise ZerogateError(f"listener {listener.what} exited during startup")
                 await asyncio.sleep(0.01)
             bound = self.bound_port(server) or listener.port
-            scheme = "https" if listener.ssl else "http"
+            scheme = "https" if listener.tls else "http"
             log.info(
                 "event=listener.started what=%s address=%s://%s:%d",
                 listener.what,
