@@ -162,18 +162,7 @@ def run_backend(name: str, make_url: Callable[[], str], seconds: float) -> None:
                 writer = AuditLog.open(db, signing_key=Path(tmp) / "k.pem")
             else:
                 writer = NaiveWriter(db)
-            if mode == "naive":
-                lock = threading.Lock()
-
-                def naive_append(
-                    kind: str, payload: dict[str, Any], w: NaiveWriter = writer
-                ) -> Future[int]:
-                    with lock:
-                        return w.append(kind, payload)
-
-                append = naive_append
-            else:
-                append = writer.append
+            append = writer.append
             rps = throughput(append, seconds)
             sat = saturated(append, 40_000 if mode == "group" else 400)
             p50, p99 = latency(append, 1000.0, seconds)
