@@ -9,6 +9,22 @@ touching each other's migrations. ``alembic upgrade heads`` applies every branch
 from __future__ import annotations
 
 from zerogate.store.tables.base import metadata
+from zerogate.store.tables.identity import (
+    identity_bundle_state,
+    identity_ca_journal,
+    identity_deny,
+    identity_entry,
+    identity_entry_selector,
+)
 from zerogate.store.tables.kernel import audit_checkpoint, audit_log
 
-__all__ = ["audit_checkpoint", "audit_log", "metadata"]
+__all__ = [
+    "audit_checkpoint",
+    "audit_log",
+    "identity_bundle_state",
+    "identity_ca_journal",
+    "identity_deny",
+    "identity_entry",
+    "identity_entry_selector",
+    "metadata",
+]
