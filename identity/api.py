@@ -74,13 +74,8 @@ def router(service: IdentityService, caller: CallerDependency) -> APIRouter:
     caller_dep = Depends(caller)
 
     def require_admin(who: SpiffeId | None) -> JSONResponse | None:
-        if who is None:
-            return _error(401, "unauthenticated", "an X.509-SVID client certificate is required")
-        if service.deny_list.is_denied(spiffe_id=who):
-            return _error(403, "identity_denied", f"{who} is on the deny list")
-        if not any(e.admin and not e.disabled for e in service.entries.list(spiffe_id=who)):
-            return _error(403, "forbidden", f"{who} is not an admin identity")
-        return None
+        refusal = service.admin_refusal(who)
+        return None if refusal is None else _error(*refusal)
 
     async def admin_check(who: SpiffeId | None) -> JSONResponse | None:
         return await asyncio.to_thread(require_admin, who)

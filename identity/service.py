@@ -41,6 +41,17 @@ class IdentityService:
         """The control plane's own SPIFFE ID (DESIGN.md 7a)."""
         return SpiffeId.from_path(self.trust_domain, SERVER_PATH)
 
+    def admin_refusal(self, who: SpiffeId | None) -> tuple[int, str, str] | None:
+        """Why ``who`` may not call a write API, as (HTTP status, code, message); None if
+        it may: it needs an enabled entry marked admin and must not be on the deny list."""
+        if who is None:
+            return 401, "unauthenticated", "an X.509-SVID client certificate is required"
+        if self.deny_list.is_denied(spiffe_id=who):
+            return 403, "identity_denied", f"{who} is on the deny list"
+        if not any(e.admin and not e.disabled for e in self.entries.list(spiffe_id=who)):
+            return 403, "forbidden", f"{who} is not an admin identity"
+        return None
+
 
 def open_identity(
     settings: Settings,

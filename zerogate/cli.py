@@ -34,6 +34,19 @@ app = typer.Typer(
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
+
+def _mount_subsystems() -> None:
+    """Each subsystem's own Typer commands (noun verb), mounted under ``zerogate``."""
+    from identity.cli import bundle_app, ca_app, entry_app, svid_app
+    from identity.token_cli import token_app
+
+    app.add_typer(entry_app, name="entry")
+    app.add_typer(ca_app, name="ca")
+    app.add_typer(svid_app, name="svid")
+    app.add_typer(bundle_app, name="bundle")
+    app.add_typer(token_app, name="token")
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
@@ -209,5 +222,4 @@ def audit_append(
     typer.echo(f"appended seq {seq}")
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+_mount_subsystems()

@@ -177,6 +177,8 @@ class ControlPlane:
         }
         self.app = FastAPI(title="zerogate control plane", docs_url=None, redoc_url=None)
         self.listeners: list[Listener] = []
+        # subsystem objects other parts (tests, the CLI) may need after assembly
+        self.extras: dict[str, Any] = {}
         self._servers: list[_QuietServer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -296,5 +298,13 @@ def build_control_plane(
     settings: Settings, *, clock: Clock = SYSTEM_CLOCK, telemetry: Telemetry | None = None
 ) -> ControlPlane:
     """The all-in-one control plane with every subsystem the settings enable."""
+    from zerogate import wiring
+
     plane = ControlPlane(settings, clock=clock, telemetry=telemetry)
+    try:
+        wiring.assemble(plane)
+    except BaseException:
+        plane.kernel.audit.close()
+        plane.kernel.db.close()
+        raise
     return plane

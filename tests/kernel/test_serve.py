@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -57,7 +58,13 @@ def test_serve_health_and_clean_shutdown(tmp_path: Path) -> None:
     proc = _start(tmp_path)
     try:
         base = _listeners(proc, "control-plane")["control-plane"]
-        with httpx.Client(base_url=base, timeout=10) as client:
+        assert base.startswith("https://127.0.0.1:")
+        base = base.replace("127.0.0.1", "localhost")
+        env = {"ZEROGATE_DATA_DIR": str(tmp_path / "data")}
+        pem = CliRunner().invoke(app, ["bundle", "show", "--format", "pem"], env=env)
+        assert pem.exit_code == 0, pem.output
+        trust = ssl.create_default_context(cadata=pem.output)
+        with httpx.Client(base_url=base, timeout=10, verify=trust) as client:
             assert client.get("/healthz").json() == {"status": "ok"}
             ready = client.get("/readyz")
             assert ready.status_code == 200, ready.text

@@ -16,6 +16,7 @@ from zerogate.store.tables.identity import (
     identity_entry,
     identity_entry_selector,
 )
+from zerogate.store.tables.identity_attestation import identity_join_token
 from zerogate.store.tables.kernel import audit_checkpoint, audit_log
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "identity_deny",
     "identity_entry",
     "identity_entry_selector",
+    "identity_join_token",
     "metadata",
 ]

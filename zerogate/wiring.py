@@ -1,0 +1,199 @@
+"""Which subsystem gets what: builds identity, policy, runtime, admission and inference on a
+``ControlPlane`` and connects them (DESIGN.md section 2: only ``zerogate.server``,
+``zerogate.wiring`` and ``zerogate.cli`` import several subsystems).
+
+- identity: CA + rotation, the control plane's own X.509-SVID on its TLS listener (rotated
+  before half-life and on every bundle change, without restart), ``/v1/bundle`` and the entry
+  API, the Workload API on its Unix socket.
+- The caller of an HTTPS request is the SPIFFE ID of its verified client X.509-SVID
+  (``mtls_caller``); writes need an admin entry (``admin_required``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from identity.api import router as identity_router
+from identity.bundle import validate_x509_svid
+from identity.ca import X509Svid
+from identity.errors import IdentityError
+from identity.service import IdentityService, open_identity
+from identity.spiffeid import SpiffeId
+from identity.workload_server import build_workload_api_server
+from zerogate.clock import Clock
+from zerogate.server import ControlPlane
+from zerogate.tls import ServerTLS, peer_certificate
+
+log = logging.getLogger(__name__)
+
+
+class _Named:
+    """Gives a subsystem's long-running part the name the control plane reports it under."""
+
+    def __init__(self, name: str, part: Any) -> None:
+        self.name = name
+        self._part = part
+
+    async def start(self) -> None:
+        await self._part.start()
+
+    async def stop(self) -> None:
+        await self._part.stop()
+
+    def ready(self) -> bool:
+        return bool(self._part.ready())
+
+
+class ServerSvidKeeper:
+    """Keeps the control plane's own X.509-SVID fresh on every TLS listener it serves.
+
+    Re-issued at half its lifetime (as SPIRE agents rotate SVIDs) and whenever the bundle
+    changes (CA rotation or taint), so clients always see a certificate from the active CA.
+    """
+
+    name = "server-svid"
+
+    def __init__(
+        self,
+        identity: IdentityService,
+        spiffe_id: SpiffeId,
+        dns_names: tuple[str, ...],
+        clock: Clock,
+    ) -> None:
+        self._identity = identity
+        self._spiffe_id = spiffe_id
+        self._dns = dns_names
+        self._clock = clock
+        self._svid = self._issue()
+        self._tls: list[ServerTLS] = []
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    def _issue(self) -> X509Svid:
+        return self._identity.ca.issue_server_svid(self._spiffe_id, self._dns)
+
+    def _material(self) -> tuple[bytes, bytes, bytes]:
+        bundle_pem = self._identity.ca.bundle().to_pem().encode("ascii")
+        return self._svid.chain_pem(), self._svid.key_pem(), bundle_pem
+
+    @property
+    def svid(self) -> X509Svid:
+        return self._svid
+
+    def server_tls(self) -> ServerTLS:
+        chain, key, bundle = self._material()
+        tls = ServerTLS(chain, key, bundle)
+        self._tls.append(tls)
+        return tls
+
+    def refresh(self) -> None:
+        self._svid = self._issue()
+        chain, key, bundle = self._material()
+        for tls in self._tls:
+            tls.update(chain, key, bundle)
+        log.info(
+            "event=server_svid.rotated spiffe_id=%s serial=%s expires=%s",
+            self._spiffe_id,
+            self._svid.serial_hex,
+            self._svid.expires_at.isoformat(),
+        )
+
+    def _on_bundle_change(self, _bundle: object) -> None:
+        try:
+            self.refresh()
+        except Exception:
+            log.exception("event=server_svid.rotation_failed")
+
+    async def start(self) -> None:
+        self._unsubscribe = self._identity.ca.on_change(self._on_bundle_change)
+        self._task = asyncio.create_task(self._run(), name="server-svid")
+
+    async def _run(self) -> None:
+        while True:
+            now = self._clock.now()
+            issued = self._svid.leaf.not_valid_before_utc
+            half = issued + (self._svid.expires_at - issued) / 2
+            await asyncio.sleep(max(1.0, (half - now).total_seconds()))
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:
+                log.exception("event=server_svid.rotation_failed")
+                await asyncio.sleep(5)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def ready(self) -> bool:
+        return self._svid.expires_at > self._clock.now() + timedelta(seconds=1)
+
+
+def mtls_caller(identity: IdentityService, clock: Clock) -> Callable[[Request], SpiffeId | None]:
+    """FastAPI dependency: the SPIFFE ID of the request's client X.509-SVID, or None.
+
+    OpenSSL already verified the chain against our bundle in the handshake; this re-checks
+    the leaf against the SPIFFE rules (X509-SVID spec section 5) with the trust domain's own
+    bundle, and a bad one is a 401, never an anonymous caller.
+    """
+
+    def caller(request: Request) -> SpiffeId | None:
+        cert = peer_certificate(request.scope)
+        if cert is None:
+            return None
+        try:
+            return validate_x509_svid([cert], identity.ca.bundle(), clock.now())
+        except IdentityError as exc:
+            raise HTTPException(
+                401, f"client certificate is not a valid X.509-SVID: {exc}"
+            ) from exc
+
+    return caller
+
+
+def admin_required(
+    identity: IdentityService, caller: Callable[[Request], SpiffeId | None]
+) -> Callable[[Request], SpiffeId]:
+    """FastAPI dependency for write APIs: the caller must hold an enabled admin entry."""
+
+    def dependency(request: Request) -> SpiffeId:
+        who = caller(request)
+        refusal = identity.admin_refusal(who)
+        if refusal is not None:
+            status, _code, message = refusal
+            raise HTTPException(status, message)
+        assert who is not None
+        return who
+
+    return dependency
+
+
+def assemble(plane: ControlPlane) -> None:
+    kernel = plane.kernel
+    settings = kernel.settings
+    identity = open_identity(settings, kernel.db, kernel.audit, kernel.clock)
+    plane.add_component(_Named("identity-ca", identity.rotator))
+
+    keeper = ServerSvidKeeper(
+        identity, identity.server_id, tuple(settings.identity.server_dns_names), kernel.clock
+    )
+    plane.add_component(keeper)
+    plane.listeners[0].tls = keeper.server_tls()
+
+    caller = mtls_caller(identity, kernel.clock)
+    plane.app.include_router(identity_router(identity, caller))
+
+    workload_api = build_workload_api_server(settings, identity, clock=kernel.clock)
+    plane.add_component(_Named("workload-api", workload_api))
+    plane.extras["identity"] = identity
+    plane.extras["server_svid"] = keeper
