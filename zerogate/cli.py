@@ -39,12 +39,14 @@ def _mount_subsystems() -> None:
     """Each subsystem's own Typer commands (noun verb), mounted under ``zerogate``."""
     from identity.cli import bundle_app, ca_app, entry_app, svid_app
     from identity.token_cli import token_app
+    from policy.cli import app as policy_app
 
     app.add_typer(entry_app, name="entry")
     app.add_typer(ca_app, name="ca")
     app.add_typer(svid_app, name="svid")
     app.add_typer(bundle_app, name="bundle")
     app.add_typer(token_app, name="token")
+    app.add_typer(policy_app, name="policy")
 
 
 ConfigOption = Annotated[

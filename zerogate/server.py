@@ -179,6 +179,7 @@ class ControlPlane:
         self.listeners: list[Listener] = []
         # subsystem objects other parts (tests, the CLI) may need after assembly
         self.extras: dict[str, Any] = {}
+        self._signal_handlers: dict[signal.Signals, list[Callable[[], object]]] = {}
         self._servers: list[_QuietServer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
@@ -186,6 +187,15 @@ class ControlPlane:
         host, port = split_listen(settings.listen)
         self.listeners.append(Listener("control-plane", self.app, host, port))
         health_routes(self.app, self.checks, self.kernel.telemetry)
+
+    def on_signal(self, sig: signal.Signals, handler: Callable[[], object]) -> None:
+        """Run ``handler`` (in a thread) when the process gets ``sig`` (e.g. SIGHUP: reload)."""
+        self._signal_handlers.setdefault(sig, []).append(handler)
+
+    def _dispatch_signal(self, sig: signal.Signals) -> None:
+        log.info("event=signal.received signal=%s", sig.name)
+        for handler in self._signal_handlers.get(sig, []):
+            asyncio.get_running_loop().run_in_executor(None, handler)
 
     def add_component(self, component: Component) -> None:
         self.components.append(component)
@@ -278,6 +288,8 @@ class ControlPlane:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        for extra in self._signal_handlers:
+            loop.add_signal_handler(extra, self._dispatch_signal, extra)
         try:
             await self.start()
             if until is not None:
@@ -287,7 +299,7 @@ class ControlPlane:
             log.info("event=control_plane.stopping")
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, *self._signal_handlers):
                 loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -27,6 +28,9 @@ from identity.errors import IdentityError
 from identity.service import IdentityService, open_identity
 from identity.spiffeid import SpiffeId
 from identity.workload_server import build_workload_api_server
+from policy.api import router as policy_router
+from policy.bundle import load_signing_key
+from policy.service import PolicyService, open_policy
 from zerogate.clock import Clock
 from zerogate.server import ControlPlane
 from zerogate.tls import ServerTLS, peer_certificate
@@ -197,3 +201,26 @@ def assemble(plane: ControlPlane) -> None:
     plane.add_component(_Named("workload-api", workload_api))
     plane.extras["identity"] = identity
     plane.extras["server_svid"] = keeper
+
+    policy = _assemble_policy(plane, identity, caller)
+    plane.extras["policy"] = policy
+
+
+def _assemble_policy(
+    plane: ControlPlane, identity: IdentityService, caller: Callable[[Request], SpiffeId | None]
+) -> PolicyService:
+    """Rego store + engine, the OPA-compatible REST API and bundle server, SIGHUP reload."""
+    kernel = plane.kernel
+    settings = kernel.settings
+    policy = open_policy(settings, kernel.audit, telemetry=kernel.telemetry, clock=kernel.clock)
+    plane.add_component(_Named("policy", policy))
+    signing_key = (
+        load_signing_key(settings.policy.bundle_signing_key)
+        if settings.policy.bundle_signing_key is not None
+        else None
+    )
+    plane.app.include_router(
+        policy_router(policy, admin_required(identity, caller), signing_key=signing_key)
+    )
+    plane.on_signal(signal.SIGHUP, policy.reload_from_signal)
+    return policy
