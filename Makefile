@@ -27,6 +27,7 @@ run: setup
 	$(VENV)/bin/zerogate serve
 
 test: setup
+	$(VENV)/bin/zerogate policy test rego/
 	$(VENV)/bin/pytest -q
 
 lint: setup
