@@ -22,11 +22,13 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from identity.api import router as identity_router
+from identity.attestation import JoinTokens, psat_attestor_from_settings
 from identity.bundle import validate_x509_svid
 from identity.ca import X509Svid
 from identity.errors import IdentityError
 from identity.service import IdentityService, open_identity
 from identity.spiffeid import SpiffeId
+from identity.svid_api import router as svid_router
 from identity.workload_server import build_workload_api_server
 from policy.api import router as policy_router
 from policy.bundle import load_signing_key
@@ -196,6 +198,11 @@ def assemble(plane: ControlPlane) -> None:
 
     caller = mtls_caller(identity, kernel.clock)
     plane.app.include_router(identity_router(identity, caller))
+    join_tokens = JoinTokens(
+        kernel.db, clock=kernel.clock, audit=kernel.audit, trust_domain=identity.trust_domain
+    )
+    psat = psat_attestor_from_settings(settings.identity.k8s_psat, clock=kernel.clock)
+    plane.app.include_router(svid_router(identity, join_tokens, psat))
 
     workload_api = build_workload_api_server(settings, identity, clock=kernel.clock)
     plane.add_component(_Named("workload-api", workload_api))
