@@ -37,16 +37,20 @@ app.add_typer(audit_app, name="audit")
 
 def _mount_subsystems() -> None:
     """Each subsystem's own Typer commands (noun verb), mounted under ``zerogate``."""
+    from admission.cli import app as admission_app
     from identity.cli import bundle_app, ca_app, entry_app, svid_app
     from identity.token_cli import token_app
     from policy.cli import app as policy_app
+    from policy.upgrade_cli import upgrade_command
 
     app.add_typer(entry_app, name="entry")
     app.add_typer(ca_app, name="ca")
     app.add_typer(svid_app, name="svid")
     app.add_typer(bundle_app, name="bundle")
     app.add_typer(token_app, name="token")
+    policy_app.command("upgrade")(upgrade_command)
     app.add_typer(policy_app, name="policy")
+    app.add_typer(admission_app, name="admission")
 
 
 ConfigOption = Annotated[

@@ -21,6 +21,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
+from admission.service import AdmissionService
 from identity.api import router as identity_router
 from identity.attestation import JoinTokens, psat_attestor_from_settings
 from identity.bundle import validate_x509_svid
@@ -211,6 +212,19 @@ def assemble(plane: ControlPlane) -> None:
 
     policy = _assemble_policy(plane, identity, caller)
     plane.extras["policy"] = policy
+
+    admission = AdmissionService(
+        settings.admission,
+        # admission writes its own audit record per review; the policy decision log would
+        # only repeat it
+        native=lambda path, input_: policy.decide(path, input_, log=False),
+        audit=kernel.audit,
+        db=kernel.db,
+        meter=kernel.telemetry.meter("zerogate.admission"),
+    )
+    plane.add_component(_Named("admission", admission))
+    plane.app.include_router(admission.router())
+    plane.extras["admission"] = admission
 
 
 def _assemble_policy(

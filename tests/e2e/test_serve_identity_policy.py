@@ -137,3 +137,51 @@ def test_audit_trail_verifies(served: Served) -> None:
     assert "identity.entry.created" in kinds
     assert any(k.startswith("identity.svid") for k in kinds)
     assert "intact" in served.cli("audit", "verify")
+
+
+def test_admission_webhook_on_the_control_plane(served: Served) -> None:
+    import base64
+
+    import jsonpatch
+    import yaml
+
+    review = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "ml",
+            "operation": "CREATE",
+            "userInfo": {"username": "admin"},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "p",
+                    "namespace": "ml",
+                    "annotations": {"zerogate.io/inject": "true"},
+                },
+                "spec": {"containers": [{"name": "c", "image": "nginx:latest"}]},
+            },
+            "dryRun": False,
+        },
+    }
+    with httpx.Client(base_url=served.urls["control-plane"], verify=served.trust()) as client:
+        denied = client.post("/admission/validate", json=review).json()["response"]
+        assert denied["uid"] == review["request"]["uid"]
+        assert denied["allowed"] is False
+        assert denied["status"]["code"] == 403
+        mutated = client.post("/admission/mutate", json=review).json()["response"]
+        assert mutated["patchType"] == "JSONPatch"
+        patch = json.loads(base64.b64decode(mutated["patch"]))
+        pod = jsonpatch.apply_patch(review["request"]["object"], patch)
+        env = pod["spec"]["containers"][0]["env"]
+        assert any(e["name"] == "SPIFFE_ENDPOINT_SOCKET" for e in env)
+        bad = client.post("/admission/validate", content=b"{not json")
+        assert bad.status_code == 400
+    manifests = list(yaml.safe_load_all(served.cli("admission", "manifests")))
+    bundle = served.cli("bundle", "show", "--format", "pem")
+    ca = base64.b64decode(manifests[0]["webhooks"][0]["clientConfig"]["caBundle"]).decode()
+    assert ca.strip() == bundle.strip()

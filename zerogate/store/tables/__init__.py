@@ -8,6 +8,7 @@ touching each other's migrations. ``alembic upgrade heads`` applies every branch
 
 from __future__ import annotations
 
+from zerogate.store.tables.admission import admission_object
 from zerogate.store.tables.base import metadata
 from zerogate.store.tables.identity import (
     identity_bundle_state,
@@ -20,6 +21,7 @@ from zerogate.store.tables.identity_attestation import identity_join_token
 from zerogate.store.tables.kernel import audit_checkpoint, audit_log
 
 __all__ = [
+    "admission_object",
     "audit_checkpoint",
     "audit_log",
     "identity_bundle_state",

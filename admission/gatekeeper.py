@@ -1,0 +1,407 @@
+"""Gatekeeper ConstraintTemplates and Constraints, evaluated with Gatekeeper's contract.
+
+Objects (``templates.gatekeeper.sh/v1`` ConstraintTemplate, ``constraints.gatekeeper.sh/
+v1beta1`` constraints) are loaded unchanged from YAML. The evaluation contract is the one
+of Gatekeeper's ``frameworks/constraint`` Rego driver and ``pkg/target``:
+
+- the template's Rego sees ``input.review`` (the AdmissionRequest: ``kind``, ``name``,
+  ``namespace``, ``operation``, ``userInfo``, ``object``, ``oldObject``, ``dryRun``) and
+  ``input.parameters`` (the constraint's ``spec.parameters``);
+- libraries (``package lib.*``) are visible under ``data.lib``; each template gets its own
+  copy, so two templates' libraries never clash;
+- referential data under ``data.inventory.cluster[<groupVersion>][<kind>][<name>]`` and
+  ``data.inventory.namespace[<ns>][<groupVersion>][<kind>][<name>]``;
+- results are ``violation[{"msg": m, "details": d}]``.
+
+Each template's package is moved to ``zgtemplates.<name>`` (its libs to
+``zgtemplates.<name>.lib...`` with every ``data.lib`` reference rewritten, token by token),
+v0 sources are upgraded to v1 (``policy.upgrade``), and one generated wrapper module
+evaluates every matching constraint in one engine call::
+
+    results[key] := v if {
+        some key, c in input.constraints
+        c.template == "<name>"
+        v := data.zgtemplates.<name>.violation with input as {"review": ..., "parameters": ...}
+    }
+
+A template that does not compile is reported with its location and left out; the others
+stay active. Constraints whose template is missing are reported too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from admission.match import matches
+from policy.engine import Decision, PolicyEngine
+from policy.errors import ErrorLocation, PolicyCompileError
+from policy.upgrade import Token, UpgradeError, lex, upgrade_module
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_API = "templates.gatekeeper.sh"
+CONSTRAINT_GROUP = "constraints.gatekeeper.sh"
+TARGET = "admission.k8s.gatekeeper.sh"
+ACTIONS = ("deny", "dryrun", "warn")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+WRAPPER_PACKAGE = "zgwrapper"
+
+__all__ = [
+    "Constraint",
+    "ConstraintTemplate",
+    "GatekeeperError",
+    "GatekeeperSet",
+    "Violation",
+    "load_objects",
+    "parse_constraint",
+    "parse_template",
+]
+
+
+class GatekeeperError(PolicyCompileError):
+    """A template or constraint object is malformed (each error with its location)."""
+
+    code = "gatekeeper_object_invalid"
+
+
+def _err(where: str, message: str) -> GatekeeperError:
+    return GatekeeperError([ErrorLocation(where, 1, 1, message, "gatekeeper_object_invalid")])
+
+
+@dataclass(frozen=True, slots=True)
+class ConstraintTemplate:
+    name: str  # metadata.name == lower(crd kind)
+    kind: str  # the constraint kind it defines
+    rego: str
+    libs: tuple[str, ...]
+    version: str  # "v0" (legacy field or no version) or "v1"
+    source: str  # where it came from (file path or "apply")
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    kind: str
+    name: str
+    enforcement_action: str
+    match: Mapping[str, Any]
+    parameters: Any
+    source: str
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    constraint: Constraint
+    msg: str
+    details: Any
+
+    def describe(self) -> str:
+        return f"[{self.constraint.name}] {self.msg}"
+
+
+def parse_template(obj: Mapping[str, Any], *, source: str = "apply") -> ConstraintTemplate:
+    """A ConstraintTemplate object; both the legacy ``rego``/``libs`` and ``code`` forms."""
+    api = str(obj.get("apiVersion", ""))
+    if not api.startswith(TEMPLATE_API + "/"):
+        raise _err(source, f"apiVersion {api!r} is not {TEMPLATE_API}/*")
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    spec = obj.get("spec") or {}
+    kind = str((((spec.get("crd") or {}).get("spec") or {}).get("names") or {}).get("kind", ""))
+    if not kind:
+        raise _err(source, f"template {name!r}: spec.crd.spec.names.kind is required")
+    if name != kind.lower() or not _NAME.match(name):
+        raise _err(
+            source,
+            f"template name {name!r} must be the lower-cased kind {kind.lower()!r}",
+        )
+    targets = [t for t in spec.get("targets") or [] if t.get("target") == TARGET]
+    if len(targets) != 1:
+        raise _err(source, f"template {name!r}: exactly one target {TARGET!r} is required")
+    target = targets[0]
+    rego, libs, version = target.get("rego"), target.get("libs") or [], "v0"
+    for code in target.get("code") or []:
+        if code.get("engine") == "Rego":
+            src = code.get("source") or {}
+            rego, libs = src.get("rego"), src.get("libs") or []
+            version = str(src.get("version") or "v0")
+            break
+    if not isinstance(rego, str) or not rego.strip():
+        raise _err(source, f"template {name!r}: no Rego source (rego or code[engine=Rego])")
+    if version not in ("v0", "v1"):
+        raise _err(source, f"template {name!r}: unknown Rego version {version!r}")
+    return ConstraintTemplate(name, kind, rego, tuple(str(x) for x in libs), version, source, obj)
+
+
+def parse_constraint(obj: Mapping[str, Any], *, source: str = "apply") -> Constraint:
+    api = str(obj.get("apiVersion", ""))
+    if not api.startswith(CONSTRAINT_GROUP + "/"):
+        raise _err(source, f"apiVersion {api!r} is not {CONSTRAINT_GROUP}/*")
+    kind = str(obj.get("kind", ""))
+    name = str((obj.get("metadata") or {}).get("name", ""))
+    if not kind or not name:
+        raise _err(source, "constraint needs kind and metadata.name")
+    spec = obj.get("spec") or {}
+    action = str(spec.get("enforcementAction") or "deny")
+    if action not in ACTIONS:
+        raise _err(
+            source, f"constraint {kind}/{name}: enforcementAction {action!r} not in {ACTIONS}"
+        )
+    match = spec.get("match") or {}
+    if not isinstance(match, Mapping):
+        raise _err(source, f"constraint {kind}/{name}: spec.match must be an object")
+    return Constraint(kind, name, action, match, spec.get("parameters", {}), source, obj)
+
+
+def load_objects(paths: Iterable[Path]) -> list[tuple[Mapping[str, Any], str]]:
+    """All YAML documents from files and directories (``*.yaml``/``*.yml``, sorted)."""
+    out: list[tuple[Mapping[str, Any], str]] = []
+    for path in paths:
+        files = (
+            sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml"))
+            if path.is_dir()
+            else [path]
+        )
+        for file in files:
+            try:
+                docs = list(yaml.safe_load_all(file.read_text()))
+            except (OSError, yaml.YAMLError) as exc:
+                raise _err(str(file), f"cannot read YAML: {exc}") from None
+            for doc in docs:
+                if isinstance(doc, Mapping):
+                    out.append((doc, str(file)))
+    return out
+
+
+def _rewrite(source: str, name: str, *, module: str, is_lib: bool) -> str:
+    """Move the package under ``zgtemplates.<name>`` and ``data.lib`` refs with it."""
+    toks = lex(source, file=module)
+    out: list[str] = []
+    i, seen_package = 0, False
+    prefix = f"zgtemplates.{name}"
+    while i < len(toks):
+        tok = toks[i]
+        if tok.kind == "ident" and tok.text == "package" and not seen_package:
+            j = i + 1
+            path: list[Token] = []
+            while j < len(toks) and toks[j].kind not in ("nl", "comment"):
+                path.append(toks[j])
+                j += 1
+            pkg = "".join(t.text for t in path).strip()
+            if is_lib and not (pkg == "lib" or pkg.startswith("lib.")):
+                raise GatekeeperError(
+                    [
+                        ErrorLocation(
+                            module, tok.row, tok.col, f"library package {pkg!r} must be under lib"
+                        )
+                    ]
+                )
+            new = f"{prefix}.{pkg}" if is_lib else prefix
+            out.append(f"package {new}")
+            seen_package = True
+            i = j
+            continue
+        if (
+            tok.kind == "ident"
+            and tok.text == "data"
+            and i + 2 < len(toks)
+            and toks[i + 1].text == "."
+            and toks[i + 2].text == "lib"
+        ):
+            out.append(f"data.{prefix}.lib")
+            i += 3
+            continue
+        out.append(tok.text)
+        i += 1
+    if not seen_package:
+        raise GatekeeperError([ErrorLocation(module, 1, 1, "module has no package")])
+    return "".join(out)
+
+
+def _wrapper(names: Iterable[str]) -> str:
+    lines = [f"package {WRAPPER_PACKAGE}", ""]
+    for name in sorted(names):
+        lines += [
+            "results[key] := v if {",
+            "\tsome key, c in input.constraints",
+            f"\tc.template == {json.dumps(name)}",
+            f"\tv := data.zgtemplates.{name}.violation with input as "
+            '{"review": input.review, "parameters": c.parameters}',
+            "}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+EngineFactory = Callable[[], PolicyEngine]
+
+
+def default_engine() -> PolicyEngine:
+    """The embedded OPA engine (Rego v1), built with the policy subsystem's factory."""
+    from policy.engine import create_engine
+    from zerogate.config import PolicySettings
+
+    return create_engine(PolicySettings(), name="opa")
+
+
+class GatekeeperSet:
+    """The active templates, constraints and inventory, compiled into one engine.
+
+    ``replace`` builds everything in one go: bad templates are dropped and reported in
+    ``errors`` (keyed by template name), the others stay active.
+    """
+
+    def __init__(self, engine: PolicyEngine | None = None) -> None:
+        self._engine = engine or default_engine()
+        self._lock = threading.Lock()
+        self.templates: dict[str, ConstraintTemplate] = {}
+        self.constraints: dict[str, Constraint] = {}
+        self.inventory: dict[str, Any] = {}
+        self.errors: dict[str, list[ErrorLocation]] = {}
+        self.orphans: list[str] = []  # constraints without an active template
+        self._active: dict[str, ConstraintTemplate] = {}  # by constraint kind
+        self.revision: str | None = None
+
+    def close(self) -> None:
+        self._engine.close()
+
+    def replace(
+        self,
+        templates: Iterable[ConstraintTemplate],
+        constraints: Iterable[Constraint],
+        inventory: Mapping[str, Any] | None = None,
+    ) -> dict[str, list[ErrorLocation]]:
+        """Compile ``templates`` and activate them with ``constraints``; returns the errors."""
+        by_name = {t.name: t for t in templates}
+        errors: dict[str, list[ErrorLocation]] = {}
+        modules_of: dict[str, dict[str, str]] = {}
+        for name, tmpl in by_name.items():
+            try:
+                modules_of[name] = self._modules(tmpl)
+            except PolicyCompileError as exc:
+                errors[name] = list(exc.errors)
+        data = {"inventory": dict(inventory if inventory is not None else self.inventory)}
+        with self._lock:
+            while True:
+                modules = {m: s for mods in modules_of.values() for m, s in mods.items()}
+                modules[f"gatekeeper/{WRAPPER_PACKAGE}.rego"] = _wrapper(modules_of)
+                try:
+                    revision = self._engine.load(modules, data)
+                    break
+                except PolicyCompileError as exc:
+                    culprits = {
+                        e.file.split("/")[1]
+                        for e in exc.errors
+                        if e.file.startswith("gatekeeper/") and e.file.count("/") >= 2
+                    } & set(modules_of)
+                    if not culprits:
+                        culprits = set(modules_of)  # unattributable: drop all, report
+                    for name in culprits:
+                        errors[name] = [e for e in exc.errors if f"/{name}/" in e.file] or list(
+                            exc.errors
+                        )
+                        del modules_of[name]
+            self.templates = dict(by_name)
+            self._active = {by_name[n].kind: by_name[n] for n in modules_of}
+            self.constraints = {c.key: c for c in constraints}
+            self.orphans = sorted(
+                k for k, c in self.constraints.items() if c.kind not in self._active
+            )
+            self.inventory = data["inventory"]
+            self.errors = errors
+            self.revision = revision
+        for name, errs in errors.items():
+            log.warning(
+                "event=admission.template_rejected template=%s error=%s",
+                name,
+                "; ".join(str(e) for e in errs),
+            )
+        return errors
+
+    @staticmethod
+    def _modules(tmpl: ConstraintTemplate) -> dict[str, str]:
+        def prepare(text: str, module: str, is_lib: bool) -> str:
+            if tmpl.version == "v0":
+                try:
+                    text = upgrade_module(text, file=module)
+                except UpgradeError as exc:
+                    raise PolicyCompileError(list(exc.errors)) from None
+            return _rewrite(text, tmpl.name, module=module, is_lib=is_lib)
+
+        base = f"gatekeeper/{tmpl.name}"
+        out = {f"{base}/template.rego": prepare(tmpl.rego, f"{base}/template.rego", False)}
+        for idx, lib in enumerate(tmpl.libs):
+            out[f"{base}/lib{idx}.rego"] = prepare(lib, f"{base}/lib{idx}.rego", True)
+        return out
+
+    def namespace_object(self, namespace: str) -> Mapping[str, Any] | None:
+        """The synced Namespace object (``data.inventory.cluster.v1.Namespace[ns]``)."""
+        found = (
+            ((self.inventory.get("cluster") or {}).get("v1") or {}).get("Namespace") or {}
+        ).get(namespace)
+        return found if isinstance(found, Mapping) else None
+
+    def matching(self, review: Mapping[str, Any]) -> list[Constraint]:
+        return [
+            c
+            for c in self.constraints.values()
+            if c.kind in self._active
+            and matches(c.match, review, namespace_of=self.namespace_object)
+        ]
+
+    def review(self, review: Mapping[str, Any]) -> tuple[list[Violation], Decision | None]:
+        """Evaluate every matching constraint against ``review`` in one engine call.
+        Raises PolicyError on engine failure (callers fail closed)."""
+        selected = self.matching(review)
+        if not selected:
+            return [], None
+        constraints = {
+            c.key: {"template": self._active[c.kind].name, "parameters": c.parameters}
+            for c in selected
+        }
+        decision = self._engine.evaluate(
+            f"{WRAPPER_PACKAGE}/results", {"review": review, "constraints": constraints}
+        )
+        results = decision.result if isinstance(decision.result, Mapping) else {}
+        by_key = {c.key: c for c in selected}
+        violations: list[Violation] = []
+        for key in sorted(results):
+            for item in results[key] or []:
+                if isinstance(item, Mapping):
+                    violations.append(
+                        Violation(by_key[key], str(item.get("msg", "")), item.get("details", {}))
+                    )
+        return violations, decision
+
+
+def inventory_from(objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Build Gatekeeper's ``data.inventory`` tree from Kubernetes objects
+    (``cluster[groupVersion][kind][name]`` / ``namespace[ns][groupVersion][kind][name]``)."""
+    inv: dict[str, Any] = {"cluster": {}, "namespace": {}}
+    for obj in objects:
+        api = str(obj.get("apiVersion", ""))
+        kind = str(obj.get("kind", ""))
+        meta = obj.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        if not api or not kind or not name:
+            raise _err("inventory", "inventory objects need apiVersion, kind and metadata.name")
+        ns = meta.get("namespace")
+        if ns:
+            inv["namespace"].setdefault(ns, {}).setdefault(api, {}).setdefault(kind, {})[name] = obj
+        else:
+            inv["cluster"].setdefault(api, {}).setdefault(kind, {})[name] = obj
+    return inv
