@@ -154,6 +154,10 @@ class ModelSettings(Section):
     upstream_model: str = Field("", description="model name at the upstream; default `name`")
     api_key_env: str = Field("", description="env var holding the upstream credential")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    timeout_s: float = Field(60.0, gt=0, description="openai-upstream: per-read timeout")
+    max_retries: int = Field(
+        2, ge=0, le=10, description="openai-upstream: retries on connect errors, 429 and 5xx"
+    )
 
 
 def _default_models() -> list[ModelSettings]:
@@ -219,6 +223,12 @@ class RuntimeSettings(Section):
     nats_durable: str = Field("zerogate", description="durable consumer name")
     alert_webhook: str = Field("", description="URL that `alert` actions POST to")
     quarantine_ttl_s: int = Field(3600, ge=1, description="default quarantine lifetime")
+    action_throttle_s: int = Field(
+        300, ge=0, description="the same action for one (rule, workload) runs once per window"
+    )
+    kubernetes_actions: bool = Field(
+        False, description="let policy label/evict pods via the in-cluster Kubernetes API"
+    )
 
 
 class Settings(BaseSettings):

