@@ -22,6 +22,24 @@ PY=$PYTHON
 OUT=${OUT:-}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
+# On a GPU machine the files travel without .venv (64 MiB at most, no network there): the
+# wheels the service needs beyond the machine's image come in .whl/ (bench/gpu_pack.py's
+# README part says how they are made), OPA's Go bindings as a tarball, and the embeddings
+# model int8-packed in .zerogate/gpu/minilm-int8 (bench/gpu_pack.py).
+if [ -d .whl ] && [ ! -x .venv/bin/python ]; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl
+  [ -f .whl/opa_bindings.tar.xz ] && tar -xJf .whl/opa_bindings.tar.xz -C /tmp/site
+  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if [ -z "${EMBEDDINGS_PATH:-}" ] && [ -d .zerogate/gpu/minilm-int8 ]; then
+  "$PY" bench/gpu_pack.py unpack .zerogate/gpu/minilm-int8 /tmp/minilm-fp16
+  EMBEDDINGS_PATH=/tmp/minilm-fp16
+fi
+if [ -z "${CHAT_PATH:-}" ] && [ -d .zerogate/gpu/smol-config ]; then
+  CHAT_PATH=.zerogate/gpu/smol-config
+fi
+
 echo "== machine"
 nproc || true
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
