@@ -42,6 +42,8 @@ def _mount_subsystems() -> None:
     from identity.token_cli import token_app
     from policy.cli import app as policy_app
     from policy.upgrade_cli import upgrade_command
+    from runtime.cli import app as runtime_app
+    from runtime.cli import quarantine_app
 
     app.add_typer(entry_app, name="entry")
     app.add_typer(ca_app, name="ca")
@@ -51,6 +53,8 @@ def _mount_subsystems() -> None:
     policy_app.command("upgrade")(upgrade_command)
     app.add_typer(policy_app, name="policy")
     app.add_typer(admission_app, name="admission")
+    app.add_typer(runtime_app, name="runtime")
+    app.add_typer(quarantine_app, name="quarantine")
 
 
 ConfigOption = Annotated[

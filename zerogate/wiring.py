@@ -34,6 +34,7 @@ from identity.workload_server import build_workload_api_server
 from policy.api import router as policy_router
 from policy.bundle import load_signing_key
 from policy.service import PolicyService, open_policy
+from runtime.service import open_runtime
 from zerogate.clock import Clock
 from zerogate.server import ControlPlane
 from zerogate.tls import ServerTLS, peer_certificate
@@ -205,13 +206,32 @@ def assemble(plane: ControlPlane) -> None:
     psat = psat_attestor_from_settings(settings.identity.k8s_psat, clock=kernel.clock)
     plane.app.include_router(svid_router(identity, join_tokens, psat))
 
-    workload_api = build_workload_api_server(settings, identity, clock=kernel.clock)
-    plane.add_component(_Named("workload-api", workload_api))
     plane.extras["identity"] = identity
     plane.extras["server_svid"] = keeper
 
     policy = _assemble_policy(plane, identity, caller)
     plane.extras["policy"] = policy
+
+    runtime = open_runtime(
+        settings,
+        kernel.db,
+        kernel.audit,
+        policy=policy,
+        entries=identity.entries,
+        denylist=identity.deny_list,
+        clock=kernel.clock,
+    )
+    plane.add_component(_Named("runtime", runtime))
+    plane.app.include_router(runtime.router(caller=caller))
+    plane.extras["runtime"] = runtime
+
+    # The Workload API serves no SVID to a revoked (deny list) or quarantined SPIFFE ID, and
+    # a quarantine wakes its streams at once rather than at the next poll.
+    workload_api = build_workload_api_server(
+        settings, identity, clock=kernel.clock, gates=[runtime.quarantine]
+    )
+    runtime.quarantine.subscribe(lambda _change: workload_api.cache.notify())
+    plane.add_component(_Named("workload-api", workload_api))
 
     admission = AdmissionService(
         settings.admission,

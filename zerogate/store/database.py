@@ -125,9 +125,18 @@ class Database:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A connection in a transaction that commits on success and rolls back on error."""
-        with self.engine.begin() as conn:
-            yield conn
+        """A connection in a transaction that commits on success and rolls back on error.
+
+        On SQLite the transaction starts with ``BEGIN IMMEDIATE``: a deferred transaction
+        that reads and then writes fails at once with "database is locked" when another
+        writer (the audit log) holds the lock, instead of waiting for it (busy_timeout only
+        applies to taking the lock, not to upgrading one). Read-only work that should never
+        wait for writers uses ``engine.connect()``.
+        """
+        with self.engine.connect() as raw:
+            conn = raw.execution_options(sqlite_begin="IMMEDIATE")
+            with conn.begin():
+                yield conn
 
     def close(self) -> None:
         self.engine.dispose()

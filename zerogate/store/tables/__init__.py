@@ -19,6 +19,7 @@ from zerogate.store.tables.identity import (
 )
 from zerogate.store.tables.identity_attestation import identity_join_token
 from zerogate.store.tables.kernel import audit_checkpoint, audit_log
+from zerogate.store.tables.runtime import runtime_event, runtime_quarantine, runtime_state
 
 __all__ = [
     "admission_object",
@@ -31,4 +32,7 @@ __all__ = [
     "identity_entry_selector",
     "identity_join_token",
     "metadata",
+    "runtime_event",
+    "runtime_quarantine",
+    "runtime_state",
 ]

@@ -1,0 +1,273 @@
+"""Runtime ingestion benchmark: durable events/s via single POSTs vs NDJSON batches, and
+event-to-enforcement latency (POST of a Critical alert -> the quarantine the gates read).
+
+    .venv/bin/python bench/runtime.py [--seconds 5] [--database-url URL]
+
+Throughput: the server (uvicorn, the real runtime router, SQLite in a temp dir unless
+--database-url) runs in a child process; this process drives it with httpx over loopback.
+Every accepted event is committed and audited before its reply, as in production. The caller
+is taken from a header (mTLS termination is not part of what is measured). The baseline is
+single-event POSTs, measured in the same run; the ratio batched/single is printed.
+
+Latency: in one process (server in a thread), POST a Critical "Terminal shell in container"
+alert for a pod whose registration entry exists, and time until
+``QuarantineService.is_quarantined`` (what the inference gate and Workload API read) returns
+the record. A new pod per sample, so throttling does not hide work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ALERT: dict[str, Any] = json.loads(
+    (ROOT / "tests/runtime/corpus/falco-docs-terminal-shell.json").read_text()
+)
+FALCO_ID = "spiffe://zerogate.internal/falco"
+HEADERS = {"x-bench-spiffe-id": FALCO_ID}
+
+
+def _alert(n: int, pod: str | None = None) -> dict[str, Any]:
+    alert = json.loads(json.dumps(ALERT))
+    alert["output_fields"]["evt.num"] = n
+    if pod is not None:
+        alert["output_fields"]["k8s.pod.name"] = pod
+    return alert
+
+
+async def _caller(request: Request) -> str | None:
+    return request.headers.get("x-bench-spiffe-id") or None
+
+
+def _app(rt: Any) -> FastAPI:
+    app = FastAPI()
+    app.include_router(rt.router(caller=_caller))
+    return app
+
+
+def serve(url: str, key: Path, port_file: Path) -> None:
+    """Child process: the runtime (ingest only) behind uvicorn."""
+    import uvicorn
+
+    from runtime.service import open_runtime
+    from zerogate.audit import AuditLog
+    from zerogate.config import Settings
+    from zerogate.store import Database
+
+    db = Database.open(url)
+    audit = AuditLog.open(db, signing_key=key)
+    rt = open_runtime(Settings(runtime={"max_body_bytes": 64 << 20}), db, audit)
+    rt.ingestor.start()
+    sock = socket.socket()
+    # uvicorn leaves a socket it is handed as it is: without TCP_NODELAY every reply waits
+    # for the peer's delayed ACK (~40 ms per request)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    port_file.write_text(str(sock.getsockname()[1]))
+    config = uvicorn.Config(_app(rt), log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+async def _singles(base: str, seconds: float, concurrency: int, start: int) -> int:
+    import httpx
+
+    done = 0
+    deadline = time.monotonic() + seconds
+    counter = iter(range(start, start + 10**9))
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                body = json.dumps(_alert(next(counter))).encode()
+                reply = await client.post(
+                    "/v1/runtime/falco",
+                    content=body,
+                    headers={**HEADERS, "content-type": "application/json"},
+                )
+                if reply.status_code != 200 or reply.json()["status"] != "stored":
+                    raise SystemExit(f"single POST failed: {reply.status_code} {reply.text}")
+                done += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+async def _batches(base: str, seconds: float, concurrency: int, size: int, start: int) -> int:
+    import httpx
+
+    done = 0
+    deadline = time.monotonic() + seconds
+    counter = iter(range(start, start + 10**9))
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                body = "\n".join(json.dumps(_alert(next(counter))) for _ in range(size))
+                reply = await client.post(
+                    "/v1/runtime/falco",
+                    content=body.encode(),
+                    headers={**HEADERS, "content-type": "application/x-ndjson"},
+                )
+                if reply.status_code != 200 or reply.json()["accepted"] != size:
+                    raise SystemExit(f"batch POST failed: {reply.status_code} {reply.text[:300]}")
+                done += size
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
+
+
+def throughput(url: str, tmp: Path, seconds: float, concurrency: int) -> tuple[float, float]:
+    import httpx
+
+    port_file = tmp / "port"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", url, str(tmp / "audit.pem"), str(port_file)],
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text()):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("benchmark server did not start")
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port_file.read_text()}"
+        while True:
+            try:
+                httpx.get(base + "/docs", timeout=1)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        asyncio.run(_singles(base, 1.0, 16, 10**8))  # warm-up
+        t0 = time.perf_counter()
+        singles = asyncio.run(_singles(base, seconds, concurrency, 0))
+        single_rate = singles / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        batched = asyncio.run(_batches(base, seconds, 4, 1000, 2 * 10**8))
+        batch_rate = batched / (time.perf_counter() - t0)
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+    return single_rate, batch_rate
+
+
+def latency(url: str, tmp: Path, samples: int) -> list[float]:
+    import httpx
+
+    from identity.entries import EntryRepository, EntrySpec, Selector
+    from identity.spiffeid import SpiffeId
+    from policy.service import open_policy
+    from runtime.service import open_runtime
+    from zerogate.audit import AuditLog
+    from zerogate.clock import SYSTEM_CLOCK
+    from zerogate.config import Settings
+    from zerogate.store import Database
+
+    sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+    from runtime_server import serve as serve_in_thread
+
+    db = Database.open(url)
+    audit = AuditLog.open(db, signing_key=tmp / "audit-lat.pem")
+    settings = Settings(policy={"rego_dir": ROOT / "rego", "watch": False})
+    policy = open_policy(settings, audit)
+    audit.flush()
+    entries = EntryRepository(db, clock=SYSTEM_CLOCK, audit=audit)
+    for i in range(samples):
+        entries.create(
+            EntrySpec(
+                spiffe_id=SpiffeId.parse(f"spiffe://zerogate.internal/ns/default/pod/lat-{i}"),
+                selectors=(
+                    Selector.parse("k8s:ns:default"),
+                    Selector.parse(f"k8s:pod-name:lat-{i}"),
+                ),
+            )
+        )
+    rt = open_runtime(settings, db, audit, policy=policy, entries=entries)
+    out: list[float] = []
+
+    async def run() -> None:
+        await rt.start()
+        try:
+            with serve_in_thread(_app(rt)) as base, httpx.Client(base_url=base) as client:
+                for i in range(samples):
+                    sid = f"spiffe://zerogate.internal/ns/default/pod/lat-{i}"
+                    seen = threading.Event()
+                    unsubscribe = rt.quarantine.subscribe(
+                        lambda c, sid=sid, seen=seen: (
+                            seen.set() if c.record.spiffe_id == sid else None
+                        )
+                    )
+                    t0 = time.perf_counter()
+                    await asyncio.to_thread(
+                        client.post,
+                        "/v1/runtime/falco",
+                        json=_alert(10**9 + i, pod=f"lat-{i}"),
+                        headers=HEADERS,
+                    )
+                    await asyncio.to_thread(seen.wait, 10)
+                    assert rt.quarantine.is_quarantined(sid) is not None, sid
+                    out.append((time.perf_counter() - t0) * 1000)
+                    unsubscribe()
+        finally:
+            await rt.stop()
+            audit.close()
+            db.close()
+
+    asyncio.run(run())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--concurrency", type=int, default=8, help="parallel single POSTs")
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve[0], Path(args.serve[1]), Path(args.serve[2]))
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+        single, batched = throughput(url, tmp, args.seconds, args.concurrency)
+        lat_url = args.database_url or f"sqlite:///{tmp / 'latency.db'}"
+        lat = sorted(latency(lat_url, tmp, args.samples))
+    p50 = statistics.median(lat)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    backend = url.split(":", 1)[0]
+    print(f"database: {backend}   cores: {os.cpu_count()}")
+    print(
+        f"single-event POSTs (baseline, {args.concurrency} in flight): {single:6.0f} events/s"
+        "   target >= 3000"
+    )
+    print(f"NDJSON batches of 1000:        {batched:8.0f} events/s   target >= 20000")
+    print(f"ratio batched / single:        {batched / single:8.1f}x")
+    print(
+        f"event-to-enforcement ({len(lat)} samples): p50 {p50:.1f} ms  p99 {p99:.1f} ms"
+        "   target p99 <= 50 ms"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,399 @@
+"""Response: newly stored events -> correlate -> Rego ``data.zerogate.runtime.actions`` -> act.
+
+For every new event (``EventIngestor.subscribe``) the ``Responder``:
+
+1. correlates it to SPIFFE IDs (``runtime/correlate.py``) and records them on the event row;
+2. asks the policy (``PolicyService.decide("zerogate/runtime/actions", input)``, input shape in
+   ``rego/runtime/policy.rego``) for a list of actions;
+3. runs each action: ``quarantine`` (``QuarantineService.add``: the gate and the Workload API
+   refuse the ID at once), ``revoke`` (the entry is disabled so the Workload API stops serving
+   it, and the SPIFFE ID goes on the identity deny list), ``alert`` (POST a JSON notification
+   to ``runtime.alert_webhook``, retried with backoff, off the enforcement path), ``label`` /
+   ``evict`` (Kubernetes, through ``runtime/kube.py`` when a cluster is configured; otherwise
+   recorded as ``skipped``);
+4. throttles: the same (rule, workload, action type, target) within ``throttle_s`` runs once
+   (outcome ``throttled``);
+5. audits every action and its outcome (kind ``runtime.action``: event id, rule, action,
+   outcome done/failed/throttled/skipped/rejected, error, policy decision id and revision,
+   trace id of the request that carried the event).
+
+A policy error produces no action (and an audit record saying so): the event itself is already
+stored and audited, so nothing is lost; an operator can replay it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import httpx
+from sqlalchemy.exc import OperationalError
+
+from identity.denylist import DenyList
+from identity.entries import EntryRepository
+from runtime.correlate import Correlator, MatchedIdentity
+from runtime.errors import ActionError
+from runtime.events import EventStore
+from runtime.falco import jcs_safe
+from runtime.ingest import NewEvent, workload_key
+from runtime.quarantine import QuarantineService
+from zerogate.audit import AuditSink
+from zerogate.clock import SYSTEM_CLOCK, Clock
+
+log = logging.getLogger(__name__)
+
+AUDIT_KIND = "runtime.action"
+POLICY_PATH = "zerogate/runtime/actions"
+ACTION_TYPES = {"quarantine", "revoke", "alert", "label", "evict"}
+
+
+class Decider(Protocol):
+    """What the responder needs from policy.service.PolicyService."""
+
+    def decide(self, path: str, input: Any = None, *, log: bool = True) -> Any: ...
+
+
+class PodActions(Protocol):
+    """Kubernetes pod actions (runtime/kube.py)."""
+
+    def label(self, namespace: str, pod: str, labels: Mapping[str, str]) -> None: ...
+
+    def evict(self, namespace: str, pod: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: dict[str, Any]
+    outcome: str  # done | failed | throttled | skipped | rejected | pending
+    error: str | None = None
+
+
+class WebhookAlerter:
+    """POSTs alert notifications as JSON, retrying connection errors and 5xx/429 answers."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        attempts: int = 4,
+        backoff_s: float = 0.2,
+        timeout_s: float = 5.0,
+        client: httpx.Client | None = None,
+    ) -> None:
+        self.url = url
+        self._attempts = attempts
+        self._backoff = backoff_s
+        self._client = client or httpx.Client(timeout=timeout_s)
+
+    def send(self, payload: Mapping[str, Any]) -> int:
+        """Deliver; returns the attempt count. ActionError after the last failed attempt."""
+        last = ""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                reply = self._client.post(self.url, json=dict(payload))
+                if reply.status_code < 300:
+                    return attempt
+                last = f"HTTP {reply.status_code}"
+                if reply.status_code < 500 and reply.status_code != 429:
+                    break  # the receiver refused this notification: retrying will not help
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if attempt < self._attempts:
+                time.sleep(self._backoff * 2 ** (attempt - 1))
+        raise ActionError(f"alert webhook {self.url} failed after {attempt} attempt(s): {last}")
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _workload_key(event: NewEvent) -> str:
+    return workload_key(event.alert)
+
+
+class Responder:
+    def __init__(
+        self,
+        *,
+        store: EventStore,
+        correlator: Correlator,
+        policy: Decider,
+        quarantine: QuarantineService,
+        audit: AuditSink,
+        entries: EntryRepository | None = None,
+        denylist: DenyList | None = None,
+        alerter: WebhookAlerter | None = None,
+        pods: PodActions | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        throttle_s: float = 300.0,
+        recent_window_s: float = 3600.0,
+        policy_path: str = POLICY_PATH,
+    ) -> None:
+        self._store = store
+        self._correlator = correlator
+        self._policy = policy
+        self._quarantine = quarantine
+        self._audit = audit
+        self._entries = entries
+        self._denylist = denylist
+        self._alerter = alerter
+        self._pods = pods
+        self._clock = clock
+        self._throttle = throttle_s
+        self._recent = timedelta(seconds=recent_window_s)
+        self._path = policy_path
+        self._last: dict[tuple[str, ...], float] = {}
+        self._queue: queue.SimpleQueue[list[NewEvent] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runtime-alert")
+        self._listeners: list[Callable[[NewEvent, list[Outcome]], None]] = []
+        self.handled = 0
+
+    # wiring ------------------------------------------------------------------------------
+
+    def on_events(self, events: list[NewEvent]) -> None:
+        """EventIngestor listener: queue the batch (never blocks ingestion)."""
+        self._queue.put(events)
+
+    def on_handled(self, callback: Callable[[NewEvent, list[Outcome]], None]) -> None:
+        self._listeners.append(callback)
+
+    async def start(self) -> None:
+        self.start_thread()
+
+    def start_thread(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="runtime-respond", daemon=True)
+            self._thread.start()
+
+    async def stop(self) -> None:
+        self.stop_thread()
+
+    def stop_thread(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+        self._side.shutdown(wait=True)
+        if self._alerter is not None:
+            self._alerter.close()
+
+    def ready(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            if batch is None:
+                return
+            for event in batch:
+                try:
+                    outcomes = self.handle(event)
+                except Exception:
+                    log.exception("event=runtime.respond.failed event_id=%s", event.result.event_id)
+                    continue
+                for callback in self._listeners:
+                    try:
+                        callback(event, outcomes)
+                    except Exception:
+                        log.exception("event=runtime.respond.listener_failed")
+
+    # the work ----------------------------------------------------------------------------
+
+    def policy_input(self, event: NewEvent, identities: list[MatchedIdentity]) -> dict[str, Any]:
+        a = event.alert
+        recent: list[dict[str, Any]] = []
+        if a.k8s_ns and a.k8s_pod:
+            since = self._clock.now() - self._recent
+            for row in self._store.recent(k8s_ns=a.k8s_ns, k8s_pod=a.k8s_pod, since=since):
+                if row.row_id != event.result.row_id:
+                    recent.append(
+                        {
+                            "event_id": row.event_id,
+                            "rule": row.rule,
+                            "priority": row.priority.label,
+                            "severity": int(row.priority),
+                            "time": row.raw.get("time"),
+                        }
+                    )
+        # jcs_safe: evt.time and other nanosecond integers exceed 2**53; the decision log (RFC 8785)
+        # cannot hold them, so the policy sees them as decimal strings.
+        return {
+            "event": {
+                "event_id": event.result.event_id,
+                "rule": a.rule,
+                "priority": a.priority.label,
+                "severity": int(a.priority),
+                "source": a.source,
+                "hostname": a.hostname,
+                "tags": a.tags,
+                "time": a.time,
+                "output_fields": jcs_safe(a.output_fields),
+            },
+            "workload": {
+                "k8s_ns": a.k8s_ns,
+                "k8s_pod": a.k8s_pod,
+                "k8s_pod_uid": a.k8s_pod_uid,
+                "container_id": a.container_id,
+            },
+            "identities": [i.to_json() for i in identities],
+            "recent": recent,
+        }
+
+    def handle(self, event: NewEvent) -> list[Outcome]:
+        identities = self._correlator.correlate(event.alert)
+        base: dict[str, Any] = {
+            "event_id": event.result.event_id,
+            "rule": event.alert.rule,
+            "priority": event.alert.priority.label,
+            "workload": _workload_key(event),
+            "identities": [i.spiffe_id for i in identities],
+        }
+        if event.trace_id:
+            base["trace_id"] = event.trace_id
+        try:
+            decision = self._policy.decide(self._path, self.policy_input(event, identities))
+        except Exception as exc:
+            log.error("event=runtime.respond.policy_failed error=%s", exc)
+            if identities:
+                self._store.set_identities(event.result.row_id, [i.spiffe_id for i in identities])
+            self._audit_outcome(base, Outcome({"type": "none"}, "failed", f"policy: {exc}"))
+            return []
+        base["decision_id"] = getattr(decision, "decision_id", None)
+        base["policy_revision"] = getattr(decision, "revision", None)
+        result = getattr(decision, "result", None)
+        actions = result if isinstance(result, list) else []
+        outcomes = [self._run_action(event, dict(a) if isinstance(a, dict) else {"raw": a}, base)
+                    for a in actions]  # fmt: skip
+        if identities:  # bookkeeping after the enforcement, not before
+            self._store.set_identities(event.result.row_id, [i.spiffe_id for i in identities])
+        self.handled += 1
+        return outcomes
+
+    def _run_action(self, event: NewEvent, action: dict[str, Any], base: dict[str, Any]) -> Outcome:
+        kind = action.get("type")
+        if kind not in ACTION_TYPES:
+            outcome = Outcome(action, "rejected", f"unknown action type {kind!r}")
+            self._audit_outcome(base, outcome)
+            return outcome
+        target = str(action.get("spiffe_id") or action.get("pod") or "")
+        key = (event.alert.rule, base["workload"], str(kind), target)
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._throttle:
+            outcome = Outcome(action, "throttled")
+            self._audit_outcome(base, outcome)
+            return outcome
+        self._last[key] = now
+        if len(self._last) > 10_000:  # forget windows that have passed
+            self._last = {k: t for k, t in self._last.items() if now - t < self._throttle}
+        if kind == "alert":
+            if self._alerter is None:
+                outcome = Outcome(action, "skipped", "runtime.alert_webhook is not configured")
+                self._audit_outcome(base, outcome)
+                return outcome
+            self._side.submit(self._send_alert, event, action, dict(base))
+            return Outcome(action, "pending")
+        try:
+            self._execute(event, action)
+        except _Skip as skip:
+            outcome = Outcome(action, "skipped", str(skip))
+        except Exception as exc:
+            log.error("event=runtime.action.failed type=%s error=%s", kind, exc)
+            outcome = Outcome(action, "failed", str(exc))
+        else:
+            outcome = Outcome(action, "done")
+        self._audit_outcome(base, outcome)
+        return outcome
+
+    def _execute(self, event: NewEvent, action: dict[str, Any]) -> None:
+        kind = action["type"]
+        reason = str(action.get("reason") or event.alert.rule)
+        if kind == "quarantine":
+            ttl = action.get("ttl_s")
+            self._quarantine.add(
+                str(action.get("spiffe_id", "")),
+                reason=reason,
+                ttl_s=ttl if isinstance(ttl, int) and not isinstance(ttl, bool) else None,
+                rule=event.alert.rule,
+                event_id=event.result.event_id,
+                created_by="policy",
+                trace_id=event.trace_id,
+            )
+        elif kind == "revoke":
+            if self._entries is None:
+                raise _Skip("no entry repository wired")
+            entry_id = str(action.get("entry_id", ""))
+            entries = self._entries
+            _retry_locked(lambda: entries.update(entry_id, {"disabled": True}, actor="runtime"))
+            if self._denylist is not None:
+                self._denylist.add(
+                    "spiffe_id", str(action.get("spiffe_id", "")), reason=reason, actor="runtime"
+                )
+        elif kind in ("label", "evict"):
+            if self._pods is None:
+                raise _Skip("no Kubernetes cluster configured")
+            ns, pod = str(action.get("namespace", "")), str(action.get("pod", ""))
+            if kind == "label":
+                self._pods.label(ns, pod, {"zerogate.io/quarantined": "true"})
+            else:
+                self._pods.evict(ns, pod)
+
+    def _send_alert(self, event: NewEvent, action: dict[str, Any], base: dict[str, Any]) -> None:
+        assert self._alerter is not None
+        payload = {
+            "source": "zerogate",
+            "kind": "runtime.alert",
+            "reason": action.get("reason"),
+            "rule": event.alert.rule,
+            "priority": event.alert.priority.label,
+            "time": event.alert.time,
+            "hostname": event.alert.hostname,
+            "event_id": event.result.event_id,
+            "workload": base["workload"],
+            "identities": base["identities"],
+            "output": event.alert.output,
+        }
+        try:
+            attempts = self._alerter.send(payload)
+            outcome = Outcome(action, "done", None)
+            base = base | {"attempts": attempts}
+        except Exception as exc:
+            outcome = Outcome(action, "failed", str(exc))
+        self._audit_outcome(base, outcome)
+
+    def _audit_outcome(self, base: dict[str, Any], outcome: Outcome) -> None:
+        payload = base | {"action": outcome.action, "outcome": outcome.outcome}
+        if outcome.error:
+            payload["error"] = outcome.error
+        log.info(
+            "event=runtime.action type=%s outcome=%s rule=%s",
+            outcome.action.get("type"),
+            outcome.outcome,
+            base.get("rule"),
+        )
+        fut: Future[int] = self._audit.append(AUDIT_KIND, payload)
+        fut.result(timeout=30)
+
+
+class _Skip(Exception):
+    pass
+
+
+def _retry_locked(call: Callable[[], object], attempts: int = 5) -> None:
+    """identity's repositories write in deferred SQLite transactions, which fail at once with
+    "database is locked" while another writer holds the lock: retry those (only those)."""
+    for attempt in range(attempts):
+        try:
+            call()
+            return
+        except OperationalError as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.01 * 2**attempt)

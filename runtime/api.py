@@ -1,0 +1,253 @@
+"""HTTP routes of the runtime subsystem (thin: parse, authorize, hand to the core, reply).
+
+- ``POST /v1/runtime/falco``: Falco ``http_output`` / Falcosidekick webhook alerts (one JSON
+  object), JSON-array or NDJSON batches. The caller must present an X.509-SVID (mTLS, resolved
+  by the ``caller`` dependency the server passes in) that the submit authorizer allows
+  (default policy: ``spiffe://<trust domain>/falco``). Replies only after the events are
+  durable (stored + audited). Falco's http_output ignores the status and shares one thread
+  with every other output, so the handler does no work beyond parse + one group commit.
+- ``GET /v1/runtime/events``: recent stored events (summaries).
+- ``GET /v1/runtime/quarantine``: active quarantines (``?all=true`` for history).
+- ``GET /v1/runtime/quarantine/watch``: server-sent events: ``snapshot`` (every active
+  record), then one ``change`` per add/release, ``: keepalive`` comments meanwhile.
+
+Status codes: 200 all stored/duplicates; 207 a batch with some bad items (bad ones listed, good
+ones kept); 400 not JSON / empty; 401 no client SVID; 403 SVID not allowed; 413 body over
+``runtime.max_body_bytes``; 415 media type; 422 a single alert or every batch item invalid;
+503 the store or the audit log failed (fail closed; nothing acknowledged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from opentelemetry import trace
+
+from runtime.errors import BodyTooLargeError, InvalidAlertError, UnsupportedMediaError
+from runtime.ingest import EventIngestor
+from runtime.quarantine import QuarantineChange, QuarantineService
+from runtime.sources.http import parse_body
+from zerogate.errors import ZerogateError
+
+log = logging.getLogger(__name__)
+
+Caller = Callable[..., Any]
+"""FastAPI dependency (sync or async) returning the caller's SPIFFE ID from its client X.509-SVID
+(a ``str`` or an ``identity.spiffeid.SpiffeId``, e.g. zerogate.wiring.mtls_caller) or None."""
+
+
+def _who(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+_INLINE_PARSE_BYTES = 64 * 1024
+
+SubmitAuthorizer = Callable[[str], Awaitable[bool]]
+"""Decides whether a SPIFFE ID may submit runtime events."""
+
+
+def allow_list(*spiffe_ids: str) -> SubmitAuthorizer:
+    """A submit authorizer allowing exactly ``spiffe_ids`` (used when no policy is wired)."""
+    allowed = frozenset(spiffe_ids)
+
+    async def authorize(spiffe_id: str) -> bool:
+        return spiffe_id in allowed
+
+    return authorize
+
+
+def policy_authorizer(
+    policy: Any, trust_domain: str, path: str = "zerogate/runtime/submit"
+) -> SubmitAuthorizer:
+    """Ask ``data.zerogate.runtime.submit`` (rego/runtime/policy.rego) whether a SPIFFE ID may
+    submit events. ``policy`` is a policy.service.PolicyService; errors propagate (the route
+    answers 503: fail closed)."""
+
+    async def authorize(spiffe_id: str) -> bool:
+        decision = await policy.adecide(
+            path,
+            {"subject": {"spiffe_id": spiffe_id, "trust_domain": trust_domain}},
+            cache_key=("runtime.submit", spiffe_id),
+        )
+        return bool(decision.allowed)
+
+    return authorize
+
+
+def error(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return JSONResponse({"error": body}, status_code=status)
+
+
+def _trace_id() -> str | None:
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refusing (BodyTooLargeError) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def router(
+    *,
+    ingestor: EventIngestor,
+    caller: Caller,
+    authorize: SubmitAuthorizer,
+    quarantine: QuarantineService | None = None,
+    max_body_bytes: int = 4 << 20,
+    keepalive_s: float = 15.0,
+) -> APIRouter:
+    api = APIRouter(tags=["runtime"])
+
+    @api.post("/v1/runtime/falco", response_model=None)
+    async def submit_falco(request: Request, who: Any = Depends(caller)) -> Response:
+        spiffe_id = _who(who)
+        if spiffe_id is None:
+            return error(401, "unauthenticated", "a client X.509-SVID (mTLS) is required")
+        try:
+            allowed = await authorize(spiffe_id)
+        except Exception as exc:  # fail closed on a policy error
+            log.error("event=runtime.submit.authz_failed spiffe_id=%s error=%s", spiffe_id, exc)
+            return error(503, "policy_error", "runtime submit policy could not be evaluated")
+        if not allowed:
+            return error(403, "forbidden", f"{spiffe_id} may not submit runtime events")
+        try:
+            body = await read_limited(request, max_body_bytes)
+            content_type = request.headers.get("content-type")
+            if len(body) > _INLINE_PARSE_BYTES:  # a big batch: keep the loop answering others
+                parsed = await asyncio.to_thread(parse_body, body, content_type)
+            else:
+                parsed = parse_body(body, content_type)
+        except BodyTooLargeError as exc:
+            return error(413, exc.code, exc.message)
+        except UnsupportedMediaError as exc:
+            return error(415, exc.code, exc.message)
+        except InvalidAlertError as exc:
+            status = 422 if exc.field else 400
+            return error(status, exc.code, exc.message, exc.field)
+        alerts = parsed.alerts
+        if not alerts:
+            return JSONResponse(
+                {
+                    "accepted": 0,
+                    "rejected": len(parsed.items),
+                    "results": [_bad(i.index, i.error) for i in parsed.items],
+                },
+                status_code=422,
+            )
+        try:
+            results = await asyncio.wrap_future(
+                ingestor.submit(alerts, "http", trace_id=_trace_id())
+            )
+        except ZerogateError as exc:
+            return error(503, exc.code, exc.message)
+        if parsed.kind == "single":
+            r = results[0]
+            return JSONResponse({"event_id": r.event_id, "status": r.status})
+        out: list[dict[str, Any]] = []
+        stored = iter(results)
+        for item in parsed.items:
+            if item.alert is None:
+                out.append(_bad(item.index, item.error))
+            else:
+                r = next(stored)
+                out.append({"index": item.index, "status": r.status, "event_id": r.event_id})
+        rejected = len(parsed.items) - len(alerts)
+        return JSONResponse(
+            {"accepted": len(alerts), "rejected": rejected, "results": out},
+            status_code=207 if rejected else 200,
+        )
+
+    @api.get("/v1/runtime/events", response_model=None)
+    async def list_events(limit: int = 50, who: Any = Depends(caller)) -> Response:
+        if _who(who) is None:
+            return error(401, "unauthenticated", "a client X.509-SVID (mTLS) is required")
+        limit = max(1, min(limit, 1000))
+        events = await asyncio.to_thread(ingestor.store.recent, limit=limit)
+        return JSONResponse({"events": [e.summary() for e in events]})
+
+    if quarantine is not None:
+        _quarantine_routes(api, quarantine, caller, keepalive_s)
+    return api
+
+
+def _quarantine_routes(
+    api: APIRouter, quarantine: QuarantineService, caller: Caller, keepalive_s: float
+) -> None:
+    @api.get("/v1/runtime/quarantine", response_model=None)
+    async def list_quarantine(all: bool = False, who: Any = Depends(caller)) -> Response:
+        if _who(who) is None:
+            return error(401, "unauthenticated", "a client X.509-SVID (mTLS) is required")
+        records = await asyncio.to_thread(quarantine.list, include_inactive=all)
+        return JSONResponse(
+            {"revision": quarantine.revision, "quarantines": [r.to_json() for r in records]}
+        )
+
+    @api.get("/v1/runtime/quarantine/watch", response_model=None)
+    async def watch_quarantine(request: Request, who: Any = Depends(caller)) -> Response:
+        if _who(who) is None:
+            return error(401, "unauthenticated", "a client X.509-SVID (mTLS) is required")
+        loop = asyncio.get_running_loop()
+        changes: asyncio.Queue[QuarantineChange] = asyncio.Queue()
+
+        def push(change: QuarantineChange) -> None:
+            loop.call_soon_threadsafe(changes.put_nowait, change)
+
+        unsubscribe = quarantine.subscribe(push)
+        snapshot = {
+            "revision": quarantine.revision,
+            "quarantines": [r.to_json() for r in quarantine.active()],
+        }
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield _sse("snapshot", snapshot, snapshot["revision"])
+                while True:
+                    try:
+                        change = await asyncio.wait_for(changes.get(), timeout=keepalive_s)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield b": keepalive\n\n"
+                        continue
+                    yield _sse("change", change.to_json(), change.revision)
+            finally:
+                unsubscribe()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+
+def _sse(event: str, data: Any, event_id: Any) -> bytes:
+    # WHATWG HTML "Server-sent events": event/id/data lines, blank line ends the event.
+    payload = json.dumps(data, separators=(",", ":"))
+    return f"event: {event}\nid: {event_id}\ndata: {payload}\n\n".encode()
+
+
+def _bad(index: int, err: InvalidAlertError | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": index, "status": "invalid"}
+    if err is not None:
+        out["error"] = {"code": err.code, "field": err.field, "message": err.message}
+    return out

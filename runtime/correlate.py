@@ -1,0 +1,154 @@
+"""Correlation: a Falco alert -> its workload -> the SPIFFE IDs zerogate issues to it.
+
+The alert's ``output_fields`` name the workload: ``k8s.ns.name``, ``k8s.pod.name``,
+``k8s.pod.uid``, ``container.full_id`` (and, for a process on the host, ``user.uid``). These
+become the same selectors attestation produces (identity/attestation.py): ``k8s:ns:``,
+``k8s:pod-name:``, ``k8s:pod-uid:``, ``k8s:container-id:``, ``unix:uid:``. A registration
+entry belongs to the workload when none of its selectors of those kinds contradicts the alert
+and at least one agrees. How strongly:
+
+- ``exact``: every selector of the entry is known from the alert and agrees;
+- ``pod``: a pod-specific selector (pod name, pod uid, container id) agrees, others (e.g.
+  ``k8s:sa:``, which Falco does not report) are unknown;
+- ``namespace``: only ``k8s:ns:`` agrees, the rest is unknown: another workload of the same
+  namespace may hold this ID. The shipped policy acts on ``exact`` and ``pod`` only and just
+  reports ``namespace`` matches.
+
+Falco sends ``null`` while container/Kubernetes metadata lags (issue 7): such an event
+correlates to nothing; it is kept and counted (``Correlator.unmatched``), never dropped.
+Entries are read once; every later change (``EntryRepository.on_change``) is applied to that
+copy, so correlation does no query. Changes made by other processes are picked up when the
+cache is rebuilt (``Correlator.reload``; the server may call it on a timer).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from identity.entries import Entry, EntryEvent, EntryRepository
+from runtime.falco import FalcoAlert
+
+Strength = Literal["exact", "pod", "namespace"]
+_KINDS = ("k8s:ns", "k8s:pod-name", "k8s:pod-uid", "k8s:container-id", "unix:uid")
+_POD_KINDS = {"k8s:pod-name", "k8s:pod-uid", "k8s:container-id"}
+
+
+@dataclass(frozen=True, slots=True)
+class MatchedIdentity:
+    spiffe_id: str
+    entry_id: str
+    match: Strength
+    selectors: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spiffe_id": self.spiffe_id,
+            "entry_id": self.entry_id,
+            "match": self.match,
+            "selectors": list(self.selectors),
+        }
+
+
+def workload_selectors(alert: FalcoAlert) -> dict[str, str]:
+    """Selector kind -> value, for the kinds the alert reports."""
+    out: dict[str, str] = {}
+    if alert.k8s_ns:
+        out["k8s:ns"] = alert.k8s_ns
+    if alert.k8s_pod:
+        out["k8s:pod-name"] = alert.k8s_pod
+    if alert.k8s_pod_uid:
+        out["k8s:pod-uid"] = alert.k8s_pod_uid
+    full_id = alert.field_str("container.full_id")
+    if full_id:
+        out["k8s:container-id"] = full_id
+    container = alert.container_id
+    uid = alert.output_fields.get("user.uid")
+    on_host = container in (None, "host")
+    if on_host and isinstance(uid, int) and not isinstance(uid, bool) and uid >= 0:
+        out["unix:uid"] = str(uid)
+    return out
+
+
+def _kind(selector: str) -> tuple[str, str]:
+    for kind in _KINDS:
+        if selector.startswith(kind + ":"):
+            return kind, selector[len(kind) + 1 :]
+    return "", selector
+
+
+def match_entry(entry: Entry, known: dict[str, str]) -> Strength | None:
+    agree: set[str] = set()
+    unknown = False
+    for sel in entry.selectors:
+        kind, value = _kind(str(sel))
+        if kind and kind in known:
+            if known[kind] != value:
+                return None  # contradicts the alert
+            agree.add(kind)
+        else:
+            unknown = True
+    if not agree:
+        return None
+    if not unknown:
+        return "exact"
+    if agree & _POD_KINDS:
+        return "pod"
+    if agree == {"k8s:ns"}:
+        return "namespace"
+    return "pod" if "unix:uid" in agree else "namespace"
+
+
+class Correlator:
+    def __init__(self, entries: EntryRepository) -> None:
+        self._entries = entries
+        self._lock = threading.Lock()
+        self._cache: list[Entry] | None = None
+        self.matched = 0
+        self.unmatched = 0
+        entries.on_change(self._on_change)
+
+    def _on_change(self, event: EntryEvent) -> None:
+        """Apply the change to the cached entries (no re-read on the enforcement path)."""
+        with self._lock:
+            if self._cache is None:
+                return
+            kept = [e for e in self._cache if e.id != event.entry.id]
+            if event.action != "deleted" and not event.entry.disabled:
+                kept.append(event.entry)
+            self._cache = kept
+
+    def reload(self) -> None:
+        with self._lock:
+            self._cache = None
+
+    def _all(self) -> list[Entry]:
+        with self._lock:
+            cached = self._cache
+        if cached is None:
+            cached = [e for e in self._entries.list() if not e.disabled]
+            with self._lock:
+                self._cache = cached
+        return cached
+
+    def correlate(self, alert: FalcoAlert) -> list[MatchedIdentity]:
+        known = workload_selectors(alert)
+        found: list[MatchedIdentity] = []
+        if known:
+            for entry in self._all():
+                strength = match_entry(entry, known)
+                if strength is not None:
+                    found.append(
+                        MatchedIdentity(
+                            str(entry.spiffe_id),
+                            entry.id,
+                            strength,
+                            tuple(str(s) for s in entry.selectors),
+                        )
+                    )
+        if found:
+            self.matched += 1
+        else:
+            self.unmatched += 1
+        return found

@@ -1,0 +1,342 @@
+"""The events repository: store Falco alerts once, count duplicates, read them back.
+
+``EventStore.store_many`` writes a batch of validated alerts in ONE transaction and returns a
+result per alert, in input order: ``stored`` (a new row) or ``duplicate`` (the same event id
+was stored less than ``dedup_window_s`` ago: its ``duplicates`` count and ``last_seen`` move
+instead). A repeat after the window is stored again as the next ``occurrence``. Concurrent
+writers (several replicas, the CLI) are safe: a unique (event_id, occurrence) constraint
+decides, and a batch that loses a race is retried against the new state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from runtime.falco import FalcoAlert, Priority
+from runtime.tx import write
+from zerogate.clock import SYSTEM_CLOCK, Clock
+from zerogate.store import Database
+from zerogate.store.tables import runtime_event
+
+log = logging.getLogger(__name__)
+
+Status = Literal["stored", "duplicate"]
+_CHUNK = 500  # ids per IN (...) list
+_RETRIES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What happened to one submitted alert."""
+
+    event_id: str
+    status: Status
+    row_id: int
+    occurrence: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One row of ``runtime_event``."""
+
+    row_id: int
+    event_id: str
+    occurrence: int
+    received_at: datetime
+    last_seen: datetime
+    duplicates: int
+    event_time: datetime
+    rule: str
+    priority: Priority
+    source: str | None
+    hostname: str | None
+    k8s_ns: str | None
+    k8s_pod: str | None
+    k8s_pod_uid: str | None
+    container_id: str | None
+    ingest: str
+    raw: dict[str, Any]
+    spiffe_ids: list[str] | None
+    audit_seq: int | None
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON shape used in API answers and audit payloads (no raw alert)."""
+        return {
+            "event_id": self.event_id,
+            "occurrence": self.occurrence,
+            "rule": self.rule,
+            "priority": self.priority.label,
+            "source": self.source,
+            "hostname": self.hostname,
+            "time": self.raw.get("time"),
+            "received_at": self.received_at.isoformat(),
+            "duplicates": self.duplicates,
+            "ingest": self.ingest,
+            "workload": {
+                "k8s_ns": self.k8s_ns,
+                "k8s_pod": self.k8s_pod,
+                "k8s_pod_uid": self.k8s_pod_uid,
+                "container_id": self.container_id,
+            },
+            "spiffe_ids": self.spiffe_ids,
+        }
+
+
+def _row_values(alert: FalcoAlert, ingest: str, now: datetime, occurrence: int) -> dict[str, Any]:
+    return {
+        "event_id": alert.event_id,
+        "occurrence": occurrence,
+        "received_at": now,
+        "last_seen": now,
+        "duplicates": 0,
+        "event_time": alert.timestamp,
+        "rule": alert.rule,
+        "priority": alert.priority.label,
+        "severity": int(alert.priority),
+        "source": alert.source,
+        "hostname": alert.hostname,
+        "k8s_ns": alert.k8s_ns,
+        "k8s_pod": alert.k8s_pod,
+        "k8s_pod_uid": alert.k8s_pod_uid,
+        "container_id": alert.container_id,
+        "ingest": ingest,
+        "raw": alert.canonical().decode("utf-8"),
+        "spiffe_ids": None,
+        "audit_seq": None,
+    }
+
+
+def _to_event(row: Any) -> StoredEvent:
+    return StoredEvent(
+        row_id=row.id,
+        event_id=row.event_id,
+        occurrence=row.occurrence,
+        received_at=row.received_at,
+        last_seen=row.last_seen,
+        duplicates=row.duplicates,
+        event_time=row.event_time,
+        rule=row.rule,
+        priority=Priority(row.severity),
+        source=row.source,
+        hostname=row.hostname,
+        k8s_ns=row.k8s_ns,
+        k8s_pod=row.k8s_pod,
+        k8s_pod_uid=row.k8s_pod_uid,
+        container_id=row.container_id,
+        ingest=row.ingest,
+        raw=json.loads(row.raw),
+        spiffe_ids=row.spiffe_ids,
+        audit_seq=row.audit_seq,
+    )
+
+
+class EventStore:
+    """Repository over ``runtime_event``."""
+
+    def __init__(
+        self, db: Database, *, dedup_window_s: float = 3600, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
+        self._db = db
+        self._window = timedelta(seconds=dedup_window_s)
+        self._clock = clock
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    # writing ------------------------------------------------------------------------------
+
+    def store_many(
+        self, items: Sequence[tuple[FalcoAlert, str]], *, marks: dict[int, int] | None = None
+    ) -> list[StoreResult]:
+        """Store ``(alert, ingest)`` pairs in one transaction; one result per pair, in order.
+        ``marks`` (row id -> audit seq of earlier rows) are written in the same transaction."""
+        if not items:
+            if marks:
+                self.mark_audited(marks)
+            return []
+        for attempt in range(_RETRIES):
+            try:
+                with write(self._db) as conn:
+                    self._mark(conn, marks)
+                    return self._store(conn, items)
+            except IntegrityError:
+                # another writer stored one of these ids between our read and our insert
+                log.debug("event=runtime.store.retry attempt=%d", attempt + 1)
+        with write(self._db) as conn:  # last try; an error now propagates
+            self._mark(conn, marks)
+            return self._store(conn, items)
+
+    def _store(
+        self, conn: Connection, items: Sequence[tuple[FalcoAlert, str]]
+    ) -> list[StoreResult]:
+        now = self._clock.now()
+        first: dict[str, tuple[FalcoAlert, str]] = {}
+        repeats: dict[str, int] = {}
+        for alert, ingest in items:
+            if alert.event_id in first:
+                repeats[alert.event_id] = repeats.get(alert.event_id, 0) + 1
+            else:
+                first[alert.event_id] = (alert, ingest)
+        latest = self._latest(conn, list(first))
+        new_rows: list[dict[str, Any]] = []
+        bumps: dict[int, int] = {}  # row id -> duplicates to add
+        outcome: dict[str, StoreResult] = {}
+        for event_id, (alert, ingest) in first.items():
+            prior = latest.get(event_id)
+            if prior is not None and now - prior[2] <= self._window:
+                row_id, occurrence = prior[0], prior[1]
+                bumps[row_id] = bumps.get(row_id, 0) + 1 + repeats.get(event_id, 0)
+                outcome[event_id] = StoreResult(event_id, "duplicate", row_id, occurrence)
+                continue
+            occurrence = 0 if prior is None else prior[1] + 1
+            new_rows.append(_row_values(alert, ingest, now, occurrence))
+        if new_rows:
+            inserted = conn.execute(
+                insert(runtime_event).returning(
+                    runtime_event.c.id,
+                    runtime_event.c.event_id,
+                    runtime_event.c.occurrence,
+                    sort_by_parameter_order=True,
+                ),
+                new_rows,
+            ).all()
+            for row in inserted:
+                outcome[row.event_id] = StoreResult(row.event_id, "stored", row.id, row.occurrence)
+                if repeats.get(row.event_id):
+                    bumps[row.id] = repeats[row.event_id]
+        if bumps:
+            conn.execute(
+                update(runtime_event)
+                .where(runtime_event.c.id == bindparam("rid"))
+                .values(
+                    duplicates=runtime_event.c.duplicates + bindparam("n"),
+                    last_seen=bindparam("seen"),
+                ),
+                [{"rid": rid, "n": n, "seen": now} for rid, n in bumps.items()],
+            )
+        results: list[StoreResult] = []
+        seen: set[str] = set()
+        for alert, _ingest in items:
+            result = outcome[alert.event_id]
+            if alert.event_id in seen and result.status == "stored":
+                result = StoreResult(result.event_id, "duplicate", result.row_id, result.occurrence)
+            seen.add(alert.event_id)
+            results.append(result)
+        return results
+
+    def _latest(self, conn: Connection, ids: list[str]) -> dict[str, tuple[int, int, datetime]]:
+        """event id -> (row id, occurrence, received_at) of its newest occurrence."""
+        out: dict[str, tuple[int, int, datetime]] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            rows = conn.execute(
+                select(
+                    runtime_event.c.id,
+                    runtime_event.c.event_id,
+                    runtime_event.c.occurrence,
+                    runtime_event.c.received_at,
+                ).where(runtime_event.c.event_id.in_(chunk))
+            ).all()
+            for row in rows:
+                known = out.get(row.event_id)
+                if known is None or row.occurrence > known[1]:
+                    out[row.event_id] = (row.id, row.occurrence, row.received_at)
+        return out
+
+    def mark_audited(self, seqs: dict[int, int]) -> None:
+        """Record the audit seq of each stored row (row id -> seq)."""
+        if not seqs:
+            return
+        with write(self._db) as conn:
+            self._mark(conn, seqs)
+
+    @staticmethod
+    def _mark(conn: Connection, seqs: dict[int, int] | None) -> None:
+        if seqs:
+            conn.execute(
+                update(runtime_event)
+                .where(runtime_event.c.id == bindparam("rid"))
+                .values(audit_seq=bindparam("seq")),
+                [{"rid": rid, "seq": seq} for rid, seq in seqs.items()],
+            )
+
+    def set_identities(self, row_id: int, spiffe_ids: list[str]) -> None:
+        with write(self._db) as conn:
+            conn.execute(
+                update(runtime_event)
+                .where(runtime_event.c.id == row_id)
+                .values(spiffe_ids=sorted(spiffe_ids))
+            )
+
+    # reading ------------------------------------------------------------------------------
+
+    def get(self, event_id: str) -> StoredEvent | None:
+        """The newest occurrence of ``event_id``."""
+        with self._db.engine.connect() as conn:
+            row = conn.execute(
+                select(runtime_event)
+                .where(runtime_event.c.event_id == event_id)
+                .order_by(runtime_event.c.occurrence.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else _to_event(row)
+
+    def get_rows(self, row_ids: Sequence[int]) -> list[StoredEvent]:
+        out: list[StoredEvent] = []
+        with self._db.engine.connect() as conn:
+            for start in range(0, len(row_ids), _CHUNK):
+                chunk = list(row_ids[start : start + _CHUNK])
+                rows = conn.execute(
+                    select(runtime_event)
+                    .where(runtime_event.c.id.in_(chunk))
+                    .order_by(runtime_event.c.id)
+                ).all()
+                out.extend(_to_event(r) for r in rows)
+        return out
+
+    def count(self) -> int:
+        with self._db.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(runtime_event)).scalar_one())
+
+    def event_ids(self) -> set[str]:
+        with self._db.engine.connect() as conn:
+            return set(conn.execute(select(runtime_event.c.event_id)).scalars())
+
+    def unaudited(self, limit: int = 1000) -> list[StoredEvent]:
+        """Rows stored but not yet audited (a crash between the two commits)."""
+        with self._db.engine.connect() as conn:
+            rows = conn.execute(
+                select(runtime_event)
+                .where(runtime_event.c.audit_seq.is_(None))
+                .order_by(runtime_event.c.id)
+                .limit(limit)
+            ).all()
+        return [_to_event(r) for r in rows]
+
+    def recent(
+        self,
+        *,
+        k8s_ns: str | None = None,
+        k8s_pod: str | None = None,
+        since: datetime | None = None,
+        limit: int = 50,
+    ) -> list[StoredEvent]:
+        """Newest first; filtered by workload and/or receive time."""
+        query = select(runtime_event).order_by(runtime_event.c.id.desc()).limit(limit)
+        if k8s_ns is not None:
+            query = query.where(runtime_event.c.k8s_ns == k8s_ns)
+        if k8s_pod is not None:
+            query = query.where(runtime_event.c.k8s_pod == k8s_pod)
+        if since is not None:
+            query = query.where(runtime_event.c.received_at >= since)
+        with self._db.engine.connect() as conn:
+            return [_to_event(r) for r in conn.execute(query).all()]

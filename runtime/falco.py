@@ -1,0 +1,371 @@
+"""Falco's JSON alert: the validated model, priority ordering and the stable event id.
+
+Shape (Falco ``json_output: true``; falco ``userspace/engine/formats.cpp``
+``falco_formats::format_event``, and the "JSON Output" section of falco.org/docs/outputs/channels)::
+
+    {"time": "2023-05-25T13:44:05.478445995Z",   # RFC 3339, nanoseconds, UTC "Z"
+     "rule": "Terminal shell in container",
+     "priority": "Critical",                     # falco_common.cpp priority_names
+     "source": "syscall", "hostname": "falco-xczjd",
+     "output": "13:44:05.478445995: Critical A shell was spawned ...",   # optional
+     "message": "...",                           # optional (json_include_message_property)
+     "tags": ["container", "shell"],            # optional (json_include_tags_property)
+     "output_fields": {"k8s.ns.name": "default", "proc.aname[2]": null, ...}}
+
+Falcosidekick's webhook and NATS outputs send the same object plus ``uuid``; its
+``time`` is Go's RFC3339Nano (trailing zeros of the fraction dropped, offsets allowed).
+
+Rules kept here:
+
+- ``time``, ``rule`` and ``priority`` are required; everything else is optional (older Falco
+  releases send no ``source``/``hostname``, and the ``json_include_*`` switches drop
+  ``output``/``tags``/``output_fields``). Unknown top-level keys are kept, never dropped.
+- ``priority`` is one of Falco's eight names, matched case-insensitively with ``Info`` as an
+  alias of ``Informational`` (falco_common.cpp ``parse_priority``: ``strcasecmp`` plus the
+  legacy ``info`` edge case; Falcosidekick's ``types/priority.go`` lower-cases too).
+- ``output_fields`` is a flat map whose keys are Falco field names, possibly with a bracketed
+  argument (``proc.aname[2]``, ``evt.arg[0]``); values are any JSON value, ``null`` where Falco
+  printed ``<NA>``.
+- The event id is ``uuid`` when present (Falcosidekick), else ``sha256:`` + SHA-256 of the
+  RFC 8785 canonical alert. RFC 8785 numbers are IEEE 754 doubles, and Falco's ``evt.time`` is
+  a nanosecond integer beyond 2**53, so integers outside the safe range are hashed as their
+  decimal string (the stored raw JSON keeps the exact integer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid as uuidlib
+from datetime import UTC, datetime, timedelta, timezone
+from enum import IntEnum
+from typing import Any
+
+import rfc8785
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from runtime.errors import InvalidAlertError
+
+__all__ = [
+    "FalcoAlert",
+    "Priority",
+    "canonical_json",
+    "event_id_of",
+    "jcs_safe",
+    "parse_alert",
+    "parse_alert_json",
+    "parse_time",
+]
+
+_SAFE_INT = 2**53 - 1
+_MAX_STRING = 64 * 1024  # a single rule name / hostname / source longer than this is refused
+
+# RFC 3339 section 5.6 date-time; Falco prints 9 fraction digits and "Z", Go's RFC3339Nano
+# prints 0-9 digits and may print an offset.
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$"
+)
+# a Falco field name (``proc.aname[2]``, ``jevt.value[/user/username]``, or a custom name
+# added with ``-p``/``append_output``): printable, no control characters.
+_FIELD_KEY = re.compile(r"^[^\x00-\x1f\x7f]{1,256}$")
+
+
+class Priority(IntEnum):
+    """Falco's priorities; a larger value is more severe (Emergency > ... > Debug)."""
+
+    DEBUG = 0
+    INFORMATIONAL = 1
+    NOTICE = 2
+    WARNING = 3
+    ERROR = 4
+    CRITICAL = 5
+    ALERT = 6
+    EMERGENCY = 7
+
+    @property
+    def label(self) -> str:
+        """The name Falco prints (falco_common.cpp ``priority_names``)."""
+        return self.name.capitalize()
+
+    @classmethod
+    def parse(cls, value: object) -> Priority:
+        if isinstance(value, Priority):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string naming a Falco priority, got {_type(value)}")
+        found = _PRIORITY_NAMES.get(value.strip().lower())
+        if found is not None:
+            return found
+        names = ", ".join(m.label for m in sorted(cls, reverse=True))
+        raise ValueError(f"unknown priority {value!r}; expected one of {names} (or Info)")
+
+
+# falco_common.cpp: names match case-insensitively; "Info" and "Informational" are the same
+_PRIORITY_NAMES: dict[str, Priority] = {p.name.lower(): p for p in Priority} | {
+    "info": Priority.INFORMATIONAL
+}
+
+
+class FalcoAlert(BaseModel):
+    """One Falco alert. Unknown top-level fields are kept (``model_extra``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, str_strip_whitespace=False)
+
+    time: str = Field(description="RFC 3339 time as Falco printed it")
+    rule: str
+    priority: Priority
+    source: str | None = None
+    hostname: str | None = None
+    output: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    output_fields: dict[str, Any] = Field(default_factory=dict)
+    uuid: str | None = None
+
+    _timestamp: datetime = PrivateAttr()
+    _time_ns: int = PrivateAttr()
+    _raw: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _event_id: str = PrivateAttr(default="")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _check_time(cls, value: object) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"must be an RFC 3339 string, got {_type(value)}")
+        parse_time(value)
+        return value
+
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _check_rule(cls, value: object) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("must be a non-empty string")
+        if len(value) > _MAX_STRING:
+            raise ValueError(f"longer than {_MAX_STRING} characters")
+        return value
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _check_priority(cls, value: object) -> Priority:
+        return Priority.parse(value)
+
+    @field_validator("source", "hostname", "output", mode="before")
+    @classmethod
+    def _check_optional_str(cls, value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {_type(value)}")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _check_tags(cls, value: object) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ValueError(f"must be a list of strings, got {_type(value)}")
+        for i, tag in enumerate(value):
+            if not isinstance(tag, str):
+                raise ValueError(f"item {i} must be a string, got {_type(tag)}")
+        return value
+
+    @field_validator("output_fields", mode="before")
+    @classmethod
+    def _check_output_fields(cls, value: object) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"must be an object (flat map of Falco fields), got {_type(value)}")
+        for key, item in value.items():
+            if not key or not _FIELD_KEY.match(key):
+                raise ValueError(
+                    f"key {key!r} is not a Falco field name (1-256 printable characters)"
+                )
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ValueError(f"value of {key!r} is not a finite number")
+        return value
+
+    @field_validator("uuid", mode="before")
+    @classmethod
+    def _check_uuid(cls, value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"must be a string, got {_type(value)}")
+        try:
+            return str(uuidlib.UUID(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not a UUID") from None
+
+    # derived values -----------------------------------------------------------------------
+
+    @property
+    def timestamp(self) -> datetime:
+        """``time`` as an aware UTC datetime (microsecond precision)."""
+        return self._timestamp
+
+    @property
+    def time_ns(self) -> int:
+        """``time`` as exact nanoseconds since the Unix epoch."""
+        return self._time_ns
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The alert exactly as received (a parsed JSON object)."""
+        return self._raw
+
+    @property
+    def event_id(self) -> str:
+        return self._event_id
+
+    def field_str(self, name: str) -> str | None:
+        """A string output field, or None when absent, null, empty or Falco's ``<NA>``."""
+        value = self.output_fields.get(name)
+        if isinstance(value, str) and value and value != "<NA>":
+            return value
+        return None
+
+    @property
+    def k8s_ns(self) -> str | None:
+        return self.field_str("k8s.ns.name")
+
+    @property
+    def k8s_pod(self) -> str | None:
+        return self.field_str("k8s.pod.name")
+
+    @property
+    def k8s_pod_uid(self) -> str | None:
+        return self.field_str("k8s.pod.uid")
+
+    @property
+    def container_id(self) -> str | None:
+        return self.field_str("container.id")
+
+    def canonical(self) -> bytes:
+        """The raw alert as canonical JSON bytes (sorted keys, exact integers)."""
+        return canonical_json(self._raw)
+
+
+def parse_time(value: str) -> tuple[datetime, int]:
+    """RFC 3339 -> (aware UTC datetime truncated to microseconds, exact epoch nanoseconds)."""
+    match = _RFC3339.match(value)
+    if match is None:
+        raise ValueError(
+            f"{value!r} is not RFC 3339 (expected e.g. 2023-05-25T13:44:05.478445995Z)"
+        )
+    year, month, day, hour, minute, second, frac, zone = match.groups()
+    if zone in ("Z", "z"):
+        tz = UTC
+    else:
+        sign = 1 if zone[0] == "+" else -1
+        hours, minutes = int(zone[1:3]), int(zone[4:6])
+        if hours > 23 or minutes > 59:
+            raise ValueError(f"{value!r} has an invalid UTC offset")
+        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    try:
+        base = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
+        )
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid date-time: {exc}") from None
+    nanos = int((frac or "0").ljust(9, "0"))
+    seconds = int(base.timestamp())
+    stamp = base.astimezone(UTC) + timedelta(microseconds=nanos // 1000)
+    return stamp, seconds * 1_000_000_000 + nanos
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Compact JSON with sorted keys and exact integers: the stored form of an alert."""
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def jcs_safe(obj: Any) -> Any:
+    """``obj`` with integers outside +-(2**53 - 1) turned into decimal strings, so RFC 8785
+    (and the audit log, and the policy decision log) can hold it."""
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str | float):
+        return obj
+    if isinstance(obj, int):
+        return obj if -_SAFE_INT <= obj <= _SAFE_INT else str(obj)
+    if isinstance(obj, dict):
+        return {k: jcs_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [jcs_safe(v) for v in obj]
+    return obj
+
+
+def event_id_of(raw: dict[str, Any], uuid: str | None = None) -> str:
+    """``uuid`` when present, else ``sha256:<hex>`` of the RFC 8785 form of ``raw``."""
+    if uuid:
+        return uuid
+    return "sha256:" + hashlib.sha256(rfc8785.dumps(jcs_safe(raw))).hexdigest()
+
+
+def parse_alert(data: object) -> FalcoAlert:
+    """Validate one decoded JSON value as a Falco alert; InvalidAlertError names the field."""
+    if not isinstance(data, dict):
+        raise InvalidAlertError("", f"an alert must be a JSON object, got {_type(data)}")
+    try:
+        alert = FalcoAlert.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        message = err["msg"]
+        if err["type"] == "missing":
+            message = "required field is missing"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        raise InvalidAlertError(field, message) from None
+    stamp, nanos = parse_time(alert.time)
+    alert._timestamp = stamp
+    alert._time_ns = nanos
+    alert._raw = data
+    alert._event_id = event_id_of(data, alert.uuid)
+    return alert
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_alert_json(text: str | bytes) -> FalcoAlert:
+    """Decode and validate one alert from JSON text."""
+    return parse_alert(decode_json(text))
+
+
+def decode_json(text: str | bytes) -> Any:
+    """Strict JSON decode (no NaN/Infinity); InvalidAlertError with line/column on failure."""
+    if isinstance(text, bytes):
+        # RFC 8259 section 8.1: JSON exchanged between systems MUST be UTF-8 (json.loads
+        # would otherwise guess UTF-16/32 from the first bytes).
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidAlertError("", f"body is not UTF-8: {exc.reason}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidAlertError(
+            "", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except ValueError as exc:
+        raise InvalidAlertError("", f"not JSON: {exc}") from None
+
+
+def _type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,296 @@
+"""Durable ingestion: every source hands validated alerts to ``EventIngestor.submit``.
+
+``submit(alerts, ingest)`` returns a ``Future`` that resolves to one ``StoreResult`` per alert
+once (1) the alerts are committed to ``runtime_event`` and (2) each newly stored event has a
+durable ``runtime.event`` audit record. Only then may a source acknowledge (HTTP reply, NATS
+ack, file offset). One writer thread drains the queue and stores everything waiting in one
+transaction (group commit), so concurrent single-alert POSTs cost one commit between them.
+
+Listeners registered with ``subscribe`` receive the newly stored events (the responder
+correlates and acts on them) as soon as the events are committed and their audit records are
+queued (so the chain holds each event before any action on it); a listener error is logged,
+never raised into ingestion. A crash between the event commit and the audit commit leaves rows with
+``audit_seq`` NULL; ``recover()`` (run at start) audits them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.events import EventStore, StoredEvent, StoreResult
+from runtime.falco import FalcoAlert
+from zerogate.audit import AuditSink, tail
+from zerogate.errors import AuditError, StoreError
+
+log = logging.getLogger(__name__)
+
+AUDIT_KIND = "runtime.event"
+Listener = Callable[[list["NewEvent"]], None]
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A newly stored event handed to listeners."""
+
+    alert: FalcoAlert
+    result: StoreResult
+    ingest: str
+    trace_id: str | None = None
+
+
+@dataclass
+class _Job:
+    alerts: Sequence[FalcoAlert]
+    ingest: str
+    trace_id: str | None
+    future: Future[list[StoreResult]] = field(default_factory=Future)
+
+
+def workload_key(alert: FalcoAlert) -> str:
+    """A short name of the workload an alert is about (audit records, throttling)."""
+    if alert.k8s_pod_uid:
+        return f"pod-uid:{alert.k8s_pod_uid}"
+    if alert.k8s_ns and alert.k8s_pod:
+        return f"pod:{alert.k8s_ns}/{alert.k8s_pod}"
+    if alert.container_id:
+        return f"container:{alert.hostname}/{alert.container_id}"
+    return f"host:{alert.hostname}"
+
+
+def audit_payload(
+    alert: FalcoAlert, result: StoreResult, ingest: str, trace_id: str | None
+) -> dict[str, Any]:
+    """Kept small on purpose (one record per event; RFC 8785 canonicalisation is the cost):
+    the full alert is in runtime_event.raw, found by event_id."""
+    payload: dict[str, Any] = {
+        "event_id": result.event_id,
+        "rule": alert.rule,
+        "priority": alert.priority.label,
+        "time": alert.time,
+        "ingest": ingest,
+        "workload": workload_key(alert),
+    }
+    if result.occurrence:
+        payload["occurrence"] = result.occurrence
+    if trace_id:
+        payload["trace_id"] = trace_id
+    return payload
+
+
+class EventIngestor:
+    """Group-commit writer of Falco events. Thread-safe; ``submit`` never blocks on I/O."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        audit: AuditSink,
+        *,
+        batch_max: int = 5000,
+        audit_timeout_s: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._audit = audit
+        self._batch_max = batch_max
+        self._audit_timeout = audit_timeout_s
+        self._queue: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._listeners: list[Listener] = []
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._marks: dict[int, int] = {}  # row id -> audit seq, not yet written
+        self.stats = {"stored": 0, "duplicate": 0, "failed_batches": 0}
+
+    @property
+    def store(self) -> EventStore:
+        return self._store
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="runtime-ingest", daemon=True
+                )
+                self._thread.start()
+
+    def ready(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._closed
+
+    def submit(
+        self, alerts: Sequence[FalcoAlert], ingest: str, *, trace_id: str | None = None
+    ) -> Future[list[StoreResult]]:
+        if self._closed:
+            raise StoreError("event ingestion is stopped")
+        self.start()
+        job = _Job(alerts, ingest, trace_id)
+        if not alerts:
+            job.future.set_result([])
+            return job.future
+        self._queue.put(job)
+        return job.future
+
+    def ingest(
+        self, alerts: Sequence[FalcoAlert], ingest: str, timeout: float = 60.0
+    ) -> list[StoreResult]:
+        """Submit and wait (for synchronous callers: CLI, file source)."""
+        return self.submit(alerts, ingest).result(timeout=timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout=timeout)
+
+    def recover(self, *, look_back: int = 50_000) -> int:
+        """Audit rows a crash left without a recorded audit seq; returns how many.
+
+        A row whose ``runtime.event`` record did become durable (the crash hit between the
+        audit commit and the write of its seq) is matched against the last ``look_back``
+        audit records and only marked, so no event gets two records."""
+        rows = self._store.unaudited(limit=1000)
+        if not rows:
+            return 0
+        known = {
+            r.payload.get("event_id"): r.seq
+            for r in tail(self._store.db, n=look_back, kind=AUDIT_KIND)
+            if isinstance(r.payload, dict)
+        }
+        done = 0
+        while rows:
+            seqs: dict[int, int] = {}
+            futures: dict[int, Future[int]] = {}
+            for row in rows:
+                seq = known.get(row.event_id)
+                if seq is not None and row.occurrence == 0:
+                    seqs[row.row_id] = seq
+                else:
+                    futures[row.row_id] = self._audit.append(AUDIT_KIND, _recovered(row))
+            for rid, fut in futures.items():
+                seqs[rid] = fut.result(timeout=self._audit_timeout)
+            self._store.mark_audited(seqs)
+            done += len(rows)
+            log.info(
+                "event=runtime.ingest.recovered count=%d reaudited=%d", len(rows), len(futures)
+            )
+            rows = self._store.unaudited(limit=1000)
+        return done
+
+    # writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                self._flush_marks()
+                continue
+            jobs: list[_Job] = []
+            size = 0
+            while True:
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Job):
+                    jobs.append(item)
+                    size += len(item.alerts)
+                if stop or size >= self._batch_max:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            if jobs:
+                self._write(jobs)
+        self._flush_marks()
+
+    def _flush_marks(self) -> None:
+        if not self._marks:
+            return
+        marks, self._marks = self._marks, {}
+        try:
+            self._store.mark_audited(marks)
+        except Exception as exc:  # recover() audits again after a restart: no loss
+            log.warning("event=runtime.ingest.mark_audited_failed error=%s", exc)
+
+    def _write(self, jobs: list[_Job]) -> None:
+        items = [(alert, job.ingest) for job in jobs for alert in job.alerts]
+        try:
+            # audit seqs of the previous batch ride along in this transaction
+            results = self._store.store_many(items, marks=self._marks)
+            self._marks = {}
+        except Exception as exc:  # the database refused: every job in the batch fails
+            self.stats["failed_batches"] += 1
+            log.error("event=runtime.ingest.store_failed error=%s", exc)
+            err = StoreError(f"events could not be stored: {exc}")
+            for job in jobs:
+                job.future.set_exception(err)
+            return
+        new: list[NewEvent] = []
+        audits: dict[int, Future[int]] = {}
+        offset = 0
+        per_job: list[list[StoreResult]] = []
+        for job in jobs:
+            mine = results[offset : offset + len(job.alerts)]
+            offset += len(job.alerts)
+            per_job.append(mine)
+            for alert, result in zip(job.alerts, mine, strict=True):
+                if result.status == "stored":
+                    new.append(NewEvent(alert, result, job.ingest, job.trace_id))
+        try:
+            for event in new:
+                audits[event.result.row_id] = self._audit.append(
+                    AUDIT_KIND,
+                    audit_payload(event.alert, event.result, event.ingest, event.trace_id),
+                )
+        except Exception as exc:  # fail closed: stored but not acknowledged; recover() audits
+            self._fail(jobs, exc)
+            return
+        # The event records are queued, so any record a listener's action writes lands after
+        # them in the chain; the response need not wait for their commit (quarantining early is
+        # the safe direction). The source's acknowledgement does wait, below.
+        if new:
+            for listener in self._listeners:
+                try:
+                    listener(new)
+                except Exception:
+                    log.exception("event=runtime.ingest.listener_failed")
+        try:
+            seqs = {rid: fut.result(timeout=self._audit_timeout) for rid, fut in audits.items()}
+        except Exception as exc:
+            self._fail(jobs, exc)
+            return
+        for job, mine in zip(jobs, per_job, strict=True):
+            job.future.set_result(mine)
+        self.stats["stored"] += len(new)
+        self.stats["duplicate"] += len(results) - len(new)
+        self._marks.update(seqs)
+
+    def _fail(self, jobs: list[_Job], exc: Exception) -> None:
+        self.stats["failed_batches"] += 1
+        log.error("event=runtime.ingest.audit_failed error=%s", exc)
+        audit_err = AuditError(f"audit of runtime events failed: {exc}")
+        for job in jobs:
+            job.future.set_exception(audit_err)
+
+
+def _recovered(row: StoredEvent) -> dict[str, Any]:
+    return {
+        "event_id": row.event_id,
+        "rule": row.rule,
+        "priority": row.priority.label,
+        "time": row.raw.get("time"),
+        "ingest": row.ingest,
+        "recovered": True,
+    }

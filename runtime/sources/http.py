@@ -1,0 +1,93 @@
+"""Parsing HTTP bodies into alerts: one alert, a JSON array, or NDJSON lines.
+
+What arrives (runtime.errors names the failure):
+
+- Falco ``http_output``: ``Content-Type: application/json``, one alert per request (falco
+  ``userspace/falco/outputs_http.cpp``). With ``json_output: false`` Falco posts
+  ``text/plain`` lines instead: refused with 415 and a hint.
+- Falcosidekick's webhook output: ``application/json``, one alert (with ``uuid``).
+- Batches: ``application/json`` holding an array of alerts, or ``application/x-ndjson``
+  (also ``application/jsonl``) with one alert per line; blank lines are skipped.
+
+A batch yields one ``Item`` per alert or line: the alert, or the error naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from runtime.errors import InvalidAlertError, UnsupportedMediaError
+from runtime.falco import FalcoAlert, decode_json, parse_alert
+
+JSON_TYPES = {"application/json", "text/json"}
+NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
+                "application/x-jsonlines", "application/jsonlines"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One alert of a body: ``index`` is the array index (0-based) or NDJSON line (1-based)."""
+
+    index: int
+    alert: FalcoAlert | None
+    error: InvalidAlertError | None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    kind: Literal["single", "array", "ndjson"]
+    items: list[Item]
+
+    @property
+    def alerts(self) -> list[FalcoAlert]:
+        return [i.alert for i in self.items if i.alert is not None]
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_body(body: bytes, content_type: str | None) -> ParsedBody:
+    """Split and validate a request body. A single alert that is bad raises
+    InvalidAlertError; batches report bad items instead of raising."""
+    kind = media_type(content_type)
+    if kind in NDJSON_TYPES:
+        return _parse_ndjson(body)
+    if kind and kind not in JSON_TYPES:
+        hint = ""
+        if kind == "text/plain":
+            hint = " (Falco posts text/plain when json_output is false: set json_output: true)"
+        raise UnsupportedMediaError(
+            f"Content-Type {kind!r} is not accepted; use application/json or "
+            f"application/x-ndjson{hint}"
+        )
+    if not body.strip():
+        raise InvalidAlertError("", "empty body: expected a Falco alert (JSON object)")
+    data = decode_json(body)
+    if isinstance(data, list):
+        if not data:
+            raise InvalidAlertError("", "empty batch: the JSON array holds no alerts")
+        return ParsedBody("array", [_item(i, value) for i, value in enumerate(data)])
+    return ParsedBody("single", [Item(0, parse_alert(data), None)])
+
+
+def _item(index: int, value: object) -> Item:
+    try:
+        return Item(index, parse_alert(value), None)
+    except InvalidAlertError as exc:
+        return Item(index, None, exc)
+
+
+def _parse_ndjson(body: bytes) -> ParsedBody:
+    items: list[Item] = []
+    for number, line in enumerate(body.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            items.append(Item(number, parse_alert(decode_json(line)), None))
+        except InvalidAlertError as exc:
+            items.append(Item(number, None, exc))
+    if not items:
+        raise InvalidAlertError("", "empty batch: no NDJSON lines")
+    return ParsedBody("ndjson", items)

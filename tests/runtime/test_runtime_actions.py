@@ -1,0 +1,240 @@
+"""Correlation and response with the real identity entries, the real OPA policy from rego/,
+a real loopback webhook, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from runtime_corpus import corpus_alerts, docs_raw
+from runtime_receiver import receiver
+
+from identity.denylist import DenyList
+from identity.entries import Entry, EntryRepository, EntrySpec, Selector
+from identity.spiffeid import SpiffeId
+from policy.service import PolicyService, open_policy
+from runtime.actions import Outcome, Responder, WebhookAlerter
+from runtime.correlate import Correlator, match_entry, workload_selectors
+from runtime.errors import ActionError
+from runtime.events import EventStore
+from runtime.falco import parse_alert
+from runtime.ingest import EventIngestor, NewEvent
+from runtime.quarantine import QuarantineService
+from zerogate.audit import AuditLog, tail
+from zerogate.clock import SYSTEM_CLOCK
+from zerogate.config import Settings
+from zerogate.store import Database
+
+REPO = Path(__file__).resolve().parents[2]
+KUBECON = "spiffe://zerogate.internal/ns/default/pod/kubecon"
+
+
+def _entry(entries: EntryRepository, spiffe_id: str, *selectors: str) -> Entry:
+    return entries.create(
+        EntrySpec(
+            spiffe_id=SpiffeId.parse(spiffe_id),
+            selectors=tuple(Selector.parse(s) for s in selectors),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def policy() -> PolicyService:
+    settings = Settings(policy={"rego_dir": REPO / "rego", "watch": False})
+    return open_policy(settings, None)
+
+
+@pytest.fixture
+def entries(database: Database, runtime_audit: AuditLog) -> EntryRepository:
+    return EntryRepository(database, clock=SYSTEM_CLOCK, audit=runtime_audit)
+
+
+@pytest.mark.parametrize(
+    ("selectors", "expected"),
+    [
+        (("k8s:ns:default", "k8s:pod-name:kubecon"), "exact"),
+        (("k8s:ns:default", "k8s:pod-name:kubecon", "k8s:sa:default"), "pod"),
+        (("k8s:ns:default", "k8s:sa:default"), "namespace"),
+        (("k8s:ns:other", "k8s:pod-name:kubecon"), None),  # contradicts
+        (("k8s:sa:default",), None),  # nothing known agrees
+        (("unix:uid:0",), None),  # in a container: no unix selectors derived
+    ],
+)
+def test_match_strength(selectors: tuple[str, ...], expected: str | None) -> None:
+    alert = parse_alert(docs_raw())  # default/kubecon, container ee97d9c4186f
+    entry = Entry(
+        id="e",
+        spiffe_id=SpiffeId.parse(KUBECON),
+        selectors=tuple(Selector.parse(s) for s in selectors),
+    )
+    assert match_entry(entry, workload_selectors(alert)) == expected
+
+
+def test_host_process_maps_to_unix_uid() -> None:
+    raw = docs_raw()
+    raw["output_fields"] = {"user.uid": 1000, "container.id": "host", "proc.name": "nvidia-smi"}
+    assert workload_selectors(parse_alert(raw)) == {"unix:uid": "1000"}
+
+
+def _responder(
+    database: Database,
+    audit: AuditLog,
+    entries: EntryRepository,
+    policy: PolicyService,
+    quarantine: QuarantineService,
+    alert_url: str | None,
+) -> Responder:
+    return Responder(
+        store=EventStore(database),
+        correlator=Correlator(entries),
+        policy=policy,
+        quarantine=quarantine,
+        audit=audit,
+        entries=entries,
+        denylist=DenyList(database, clock=SYSTEM_CLOCK, audit=audit),
+        alerter=WebhookAlerter(alert_url, backoff_s=0.01) if alert_url else None,
+    )
+
+
+@pytest.fixture
+def wired(
+    database: Database,
+    runtime_audit: AuditLog,
+    entries: EntryRepository,
+    policy: PolicyService,
+    ingestor: EventIngestor,
+) -> Iterator[dict[str, Any]]:
+    quarantine = QuarantineService(database, audit=runtime_audit)
+    with receiver(fail_first=2) as hook:
+        responder = _responder(database, runtime_audit, entries, policy, quarantine, hook.url)
+        done: list[tuple[NewEvent, list[Outcome]]] = []
+        responder.on_handled(lambda e, o: done.append((e, o)))
+        ingestor.subscribe(responder.on_events)
+        responder.start_thread()
+        try:
+            yield {"q": quarantine, "hook": hook, "responder": responder, "done": done}
+        finally:
+            responder.stop_thread()
+
+
+def _wait(predicate: Any, timeout: float = 15) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_critical_shell_in_pod_quarantines_revokes_alerts_and_audits(
+    wired: dict[str, Any],
+    entries: EntryRepository,
+    ingestor: EventIngestor,
+    database: Database,
+    runtime_audit: AuditLog,
+) -> None:
+    entry = _entry(entries, KUBECON, "k8s:ns:default", "k8s:pod-name:kubecon")
+    other = _entry(
+        entries,
+        "spiffe://zerogate.internal/ns/default/pod/web",
+        "k8s:ns:default",
+        "k8s:pod-name:web",
+    )
+    alert = parse_alert(docs_raw())  # "Terminal shell in container", Critical, default/kubecon
+    ingestor.submit([alert], "http", trace_id="0af7651916cd43dd8448eb211c80319c").result(30)
+    _wait(lambda: len(wired["done"]) == 1)
+    record = wired["q"].is_quarantined(KUBECON)
+    assert record is not None and record.reason == "Terminal shell in container"
+    assert record.expires_at - record.created_at == __import__("datetime").timedelta(hours=1)
+    assert wired["q"].is_quarantined(str(other.spiffe_id)) is None
+    assert entries.get(entry.id).disabled is True
+    assert entries.get(other.id).disabled is False
+    hook = wired["hook"]
+    assert hook.got.wait(10)
+    assert hook.attempts == 3  # two 503s, then delivered
+    assert hook.received[0]["rule"] == "Terminal shell in container"
+    assert hook.received[0]["identities"] == [KUBECON]
+
+    def actions() -> list[dict[str, Any]]:
+        runtime_audit.flush()
+        return [r.payload for r in tail(database, n=200, kind="runtime.action")]
+
+    _wait(lambda: len(actions()) == 3)
+    by_type = {p["action"]["type"]: p for p in actions()}
+    assert {t: p["outcome"] for t, p in by_type.items()} == {
+        "quarantine": "done",
+        "revoke": "done",
+        "alert": "done",
+    }
+    assert all(p["trace_id"] == "0af7651916cd43dd8448eb211c80319c" for p in by_type.values())
+    assert all(p["event_id"] == alert.event_id for p in by_type.values())
+    stored = EventStore(database).get(alert.event_id)
+    assert stored is not None and stored.spiffe_ids == [KUBECON]
+    # the chain holds the event before any action taken on it
+    chain = [(r.kind, r.payload.get("event_id")) for r in tail(database, n=500)]
+    first_action = chain.index(("runtime.action", alert.event_id))
+    assert chain.index(("runtime.event", alert.event_id)) < first_action
+
+
+def test_same_rule_same_workload_is_throttled(
+    wired: dict[str, Any], entries: EntryRepository, ingestor: EventIngestor
+) -> None:
+    _entry(entries, KUBECON, "k8s:ns:default", "k8s:pod-name:kubecon")
+    first = docs_raw()
+    second = docs_raw()
+    second["output_fields"]["proc.cmdline"] = "sh -c id"  # a different event, same rule/pod
+    ingestor.ingest([parse_alert(first)], "http")
+    ingestor.ingest([parse_alert(second)], "http")
+    _wait(lambda: len(wired["done"]) == 2)
+    assert {o.outcome for o in wired["done"][1][1]} == {"throttled"}
+
+
+def test_whole_corpus_is_correlated_none_dropped(
+    wired: dict[str, Any], entries: EntryRepository, ingestor: EventIngestor
+) -> None:
+    expected = {
+        KUBECON: ("k8s:ns:default", "k8s:pod-name:kubecon"),
+        "spiffe://zerogate.internal/ns/kubernetes-ns/x": ("k8s:pod-uid:aadadjh763wiuh",),
+        "spiffe://zerogate.internal/ns/default/pod/debug": ("k8s:ns:default", "k8s:pod-name:debug"),
+    }
+    for spiffe_id, selectors in expected.items():
+        _entry(entries, spiffe_id, *selectors)
+    alerts = corpus_alerts()
+    ingestor.ingest(alerts, "replay")
+    _wait(lambda: len(wired["done"]) == len(alerts))
+    correlator = wired["responder"]._correlator
+    assert (correlator.matched, correlator.unmatched) == (3, len(alerts) - 3)
+    rows = ingestor.store.recent(limit=100)
+    assert len(rows) == len(alerts)  # unmatched events are kept
+    matched = {i for row in rows for i in (row.spiffe_ids or [])}
+    assert matched == set(expected)
+
+
+def test_webhook_gives_up_after_retries() -> None:
+    with receiver(fail_first=100) as hook:
+        alerter = WebhookAlerter(hook.url, attempts=3, backoff_s=0.01)
+        with pytest.raises(ActionError, match="after 3 attempt"):
+            alerter.send({"x": 1})
+        assert hook.attempts == 3
+
+
+async def test_policy_authorizer_allows_only_falco(policy: PolicyService) -> None:
+    from runtime.api import policy_authorizer
+
+    authorize = policy_authorizer(policy, "zerogate.internal")
+    assert await authorize("spiffe://zerogate.internal/falco") is True
+    assert await authorize("spiffe://zerogate.internal/ns/ml/sa/model") is False
+    assert await authorize("spiffe://other.org/falco") is False
+
+
+def test_correlator_follows_entry_changes_without_rereading(entries: EntryRepository) -> None:
+    correlator = Correlator(entries)
+    alert = parse_alert(docs_raw())
+    assert correlator.correlate(alert) == []  # cache built (empty)
+    entry = _entry(entries, KUBECON, "k8s:ns:default", "k8s:pod-name:kubecon")
+    assert [m.spiffe_id for m in correlator.correlate(alert)] == [KUBECON]
+    entries.update(entry.id, {"disabled": True})
+    assert correlator.correlate(alert) == []
+    assert (correlator.matched, correlator.unmatched) == (1, 2)

@@ -1,0 +1,123 @@
+"""EventStore and EventIngestor on SQLite and PostgreSQL: store once, dedup, audit each."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from runtime_corpus import corpus_alerts, corpus_raw
+
+from runtime.events import EventStore
+from runtime.falco import parse_alert
+from runtime.ingest import EventIngestor
+from zerogate.audit import AuditLog, tail
+from zerogate.clock import ManualClock
+from zerogate.store import Database
+
+
+def _alert(rule: str = "Terminal shell in container", **fields: Any) -> Any:
+    raw = corpus_raw()[0] | {"rule": rule}
+    raw["output_fields"] = raw.get("output_fields", {}) | fields
+    return parse_alert(raw)
+
+
+def test_store_many_stores_each_corpus_alert_once(event_store: EventStore) -> None:
+    alerts = corpus_alerts()
+    results = event_store.store_many([(a, "http") for a in alerts])
+    assert [r.status for r in results] == ["stored"] * len(alerts)
+    assert event_store.count() == len(alerts)
+    again = event_store.store_many([(a, "nats") for a in alerts])
+    assert [r.status for r in again] == ["duplicate"] * len(alerts)
+    assert [r.row_id for r in again] == [r.row_id for r in results]
+    assert event_store.count() == len(alerts)
+    stored = event_store.get(alerts[0].event_id)
+    assert stored is not None and stored.duplicates == 1 and stored.ingest == "http"
+
+
+def test_raw_alert_round_trips_exactly(event_store: EventStore) -> None:
+    alert = corpus_alerts()[0]
+    event_store.store_many([(alert, "http")])
+    stored = event_store.get(alert.event_id)
+    assert stored is not None
+    assert stored.raw == alert.raw  # including evt.time beyond 2**53
+    assert stored.priority.label == alert.priority.label
+    assert stored.event_time == alert.timestamp
+    assert (stored.k8s_ns, stored.k8s_pod) == (alert.k8s_ns, alert.k8s_pod)
+
+
+def test_duplicates_inside_one_batch_are_counted(event_store: EventStore) -> None:
+    a, b = _alert("A"), _alert("B")
+    results = event_store.store_many([(a, "http"), (a, "http"), (b, "http"), (a, "http")])
+    assert [r.status for r in results] == ["stored", "duplicate", "stored", "duplicate"]
+    stored = event_store.get(a.event_id)
+    assert stored is not None and stored.duplicates == 2
+    assert event_store.count() == 2
+
+
+def test_repeat_after_window_is_a_new_occurrence(database: Database) -> None:
+    clock = ManualClock(datetime(2026, 3, 1, tzinfo=UTC))
+    store = EventStore(database, dedup_window_s=60, clock=clock)
+    alert = _alert()
+    first = store.store_many([(alert, "http")])[0]
+    clock.advance(timedelta(seconds=59))
+    assert store.store_many([(alert, "http")])[0].status == "duplicate"
+    clock.advance(timedelta(seconds=61))
+    late = store.store_many([(alert, "http")])[0]
+    assert late.status == "stored" and late.occurrence == first.occurrence + 1
+    assert store.count() == 2
+
+
+def test_ingestor_audits_every_stored_event_and_not_duplicates(
+    ingestor: EventIngestor, runtime_audit: AuditLog, database: Database
+) -> None:
+    alerts = corpus_alerts()
+    results = ingestor.ingest(alerts, "http")
+    ingestor.ingest(alerts[:3], "http")  # duplicates: no new audit records
+    runtime_audit.flush()
+    records = [r for r in tail(database, n=1000) if r.kind == "runtime.event"]
+    assert sorted(r.payload["event_id"] for r in records) == sorted(r.event_id for r in results)
+    ingestor.close()  # audit seqs are written with the next batch, on idle, or at close
+    rows = ingestor.store.get_rows([r.row_id for r in results])
+    assert all(row.audit_seq is not None for row in rows)
+    assert ingestor.store.unaudited() == []
+
+
+def test_listeners_see_only_new_events(ingestor: EventIngestor) -> None:
+    seen: list[str] = []
+    ingestor.subscribe(lambda events: seen.extend(e.result.event_id for e in events))
+    alert = _alert("listener rule")
+    ingestor.ingest([alert, alert], "file")
+    ingestor.ingest([alert], "file")
+    assert seen == [alert.event_id]
+
+
+def test_recover_audits_rows_left_unaudited(
+    event_store: EventStore, runtime_audit: AuditLog, database: Database
+) -> None:
+    alert = _alert("crashed before audit")
+    event_store.store_many([(alert, "http")])  # stored, as if the process died right after
+    ing = EventIngestor(event_store, runtime_audit)
+    assert ing.recover() == 1
+    assert event_store.unaudited() == []
+    runtime_audit.flush()
+    payloads = [r.payload for r in tail(database, n=10) if r.kind == "runtime.event"]
+    assert payloads[-1]["event_id"] == alert.event_id and payloads[-1]["recovered"] is True
+    assert json.dumps(payloads[-1])  # JSON-clean
+
+
+def test_recover_only_marks_rows_whose_audit_record_exists(
+    event_store: EventStore, runtime_audit: AuditLog, database: Database
+) -> None:
+    from runtime.ingest import audit_payload
+
+    alert = _alert("crashed after audit, before the seq was written")
+    result = event_store.store_many([(alert, "http")])[0]
+    seq = runtime_audit.write("runtime.event", audit_payload(alert, result, "http", None))
+    assert EventIngestor(event_store, runtime_audit).recover() == 1
+    assert event_store.unaudited() == []
+    stored = event_store.get(alert.event_id)
+    assert stored is not None and stored.audit_seq == seq
+    runtime_audit.flush()
+    records = [r for r in tail(database, n=10, kind="runtime.event")]
+    assert len(records) == 1  # not audited twice
