@@ -43,10 +43,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import IntEnum
 from typing import Any
 
-import rfc8785
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from runtime.errors import InvalidAlertError
+from zerogate.jcs import canonical_json as jcs_bytes
 
 __all__ = [
     "FalcoAlert",
@@ -301,7 +301,7 @@ def event_id_of(raw: dict[str, Any], uuid: str | None = None) -> str:
     """``uuid`` when present, else ``sha256:<hex>`` of the RFC 8785 form of ``raw``."""
     if uuid:
         return uuid
-    return "sha256:" + hashlib.sha256(rfc8785.dumps(jcs_safe(raw))).hexdigest()
+    return "sha256:" + hashlib.sha256(jcs_bytes(jcs_safe(raw))).hexdigest()
 
 
 def parse_alert(data: object) -> FalcoAlert:
