@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
@@ -34,6 +34,8 @@ from identity.rotation import Kind
 from identity.service import IdentityService, open_identity
 from identity.spiffeid import InvalidSpiffeIdError, SpiffeId
 from zerogate.audit import AuditLog
+from zerogate.cli_common import ConfigOption, OutputFormat, OutputOption
+from zerogate.cli_common import fail as _fail
 from zerogate.config import Settings, load_settings
 from zerogate.errors import AuditError, ConfigError, StoreError, ZerogateError
 from zerogate.store import Database
@@ -46,30 +48,10 @@ svid_app.add_typer(svid_mint_app, name="mint")
 bundle_app = typer.Typer(help="The trust bundle of our trust domain.", no_args_is_help=True)
 entry_app.info.no_args_is_help = True
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="zerogate.yaml (default $ZEROGATE_CONFIG, ./zerogate.yaml)"
-    ),
-]
-
-
-class OutputFormat(StrEnum):
-    pretty = "pretty"
-    json = "json"
-
 
 class BundleFormat(StrEnum):
     pem = "pem"
     spiffe = "spiffe"
-
-
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="pretty or json")]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @contextmanager

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from identity.attestation import JoinTokenError, JoinTokens
 from identity.spiffeid import InvalidSpiffeIdError, TrustDomain
 from zerogate.audit import AuditLog
+from zerogate.cli_common import OutputFormat
+from zerogate.cli_common import fail as _fail
 from zerogate.config import load_settings
 from zerogate.errors import AuditError, ConfigError, StoreError
 from zerogate.store import Database
@@ -32,16 +33,6 @@ token_app = typer.Typer(help="One-time join tokens for node attestation.", no_ar
 @token_app.callback()
 def _group() -> None:
     """One-time join tokens for node attestation."""
-
-
-class OutputFormat(StrEnum):
-    pretty = "pretty"
-    json = "json"
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @token_app.command("generate")

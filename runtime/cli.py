@@ -19,10 +19,9 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
@@ -33,6 +32,8 @@ from runtime.quarantine import QuarantineRecord, QuarantineService
 from runtime.sources.file import FileTailer, replay
 from runtime.state import StateStore
 from zerogate.audit import AuditLog
+from zerogate.cli_common import ConfigOption, OutputFormat, OutputOption
+from zerogate.cli_common import fail as _fail
 from zerogate.config import Settings, load_settings
 from zerogate.errors import AuditError, ConfigError, StoreError
 from zerogate.store import Database
@@ -41,26 +42,6 @@ app = typer.Typer(help="Falco runtime events: follow or replay Falco output file
 quarantine_app = typer.Typer(help="Quarantined SPIFFE IDs (refused by every enforcement point).")
 app.info.no_args_is_help = True
 quarantine_app.info.no_args_is_help = True
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="zerogate.yaml (default $ZEROGATE_CONFIG, ./zerogate.yaml)"
-    ),
-]
-
-
-class OutputFormat(StrEnum):
-    pretty = "pretty"
-    json = "json"
-
-
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="pretty or json")]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @dataclass

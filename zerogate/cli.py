@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from zerogate import audit as audit_mod
+from zerogate.cli_common import ConfigOption, OutputFormat, fail
 from zerogate.config import Settings, load_settings, render_default_yaml
 from zerogate.errors import AuditError, ConfigError, StoreError, ZerogateError
 from zerogate.store import Database
@@ -55,24 +55,6 @@ def _mount_subsystems() -> None:
     app.add_typer(admission_app, name="admission")
     app.add_typer(runtime_app, name="runtime")
     app.add_typer(quarantine_app, name="quarantine")
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="zerogate.yaml (default $ZEROGATE_CONFIG, ./zerogate.yaml)"
-    ),
-]
-
-
-class OutputFormat(StrEnum):
-    pretty = "pretty"
-    json = "json"
-
-
-def fail(message: str, code: int) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def settings_or_exit(config: Path | None, **overrides: object) -> Settings:
