@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from zerogate.clock import SYSTEM_CLOCK, Clock
@@ -57,6 +57,10 @@ GENESIS_HASH = bytes(32)
 KIND_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)*$")
 MAX_KIND_LENGTH = 128
 _AUDIT_LOCK_ID = 0x7A67_0002
+_HEAD_SQL = (
+    "SELECT seq, hash, (SELECT max(seq) FROM audit_checkpoint) "
+    "FROM audit_log ORDER BY seq DESC LIMIT 1"
+)
 _INSERT_QMARK = (
     "INSERT INTO audit_log (seq, ts, kind, payload, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -341,13 +345,12 @@ class AuditLog:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK_ID})
 
     def _read_head(self, conn: Connection) -> _Head:
-        row = conn.execute(
-            select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
-        ).first()
-        cp = conn.execute(select(func.max(audit_checkpoint.c.seq))).scalar()
+        # one driver-level round trip: this runs once per batch on the latency path
+        row = conn.exec_driver_sql(_HEAD_SQL).first()
         if row is None:
+            cp = conn.exec_driver_sql("SELECT max(seq) FROM audit_checkpoint").scalar()
             return _Head(checkpoint_seq=cp or 0)
-        return _Head(seq=row.seq, hash=bytes(row.hash), checkpoint_seq=cp or 0)
+        return _Head(seq=row[0], hash=bytes(row[1]), checkpoint_seq=row[2] or 0)
 
     def _write_batch(self, batch: list[_Pending], *, force_checkpoint: bool = False) -> None:
         try:
