@@ -69,22 +69,24 @@ async def test_restart_mid_stream_loses_and_duplicates_nothing(
     stream: tuple[NatsClient, str, str], ingestor: EventIngestor
 ) -> None:
     nc, name, prefix = stream
-    first = _consumer(ingestor, name, prefix, batch=10, fetch_timeout_s=0.2)
+    first = _consumer(ingestor, name, prefix, batch=5, fetch_timeout_s=0.2)
     await first.start()  # creates the stream and the durable consumer
-    await _publish(nc, prefix, range(300))
+    # publish while the first consumer runs and stop it after its first 50: mid-stream
+    publisher = asyncio.create_task(_publish(nc, prefix, range(1000)))
     await _until(lambda: first.stats.stored >= 50)
-    await first.stop()  # mid-stream
-    assert first.stats.stored < 300
-    await _publish(nc, prefix, range(300, 400))
+    await first.stop()
+    await publisher
+    assert first.stats.stored < 1000
+    await _publish(nc, prefix, range(1000, 1100))
     second = _consumer(ingestor, name, prefix, batch=50, fetch_timeout_s=0.2)
     await second.start()
-    await _until(lambda: ingestor.store.count() >= 400)
+    await _until(lambda: ingestor.store.count() >= 1100, timeout=60)
     await asyncio.sleep(0.5)  # would any extra deliveries arrive?
     await second.stop()
-    assert ingestor.store.count() == 400
-    assert first.stats.stored + second.stats.stored == 400
+    assert ingestor.store.count() == 1100
+    assert first.stats.stored + second.stats.stored == 1100
     assert second.stats.duplicate == 0
-    assert ingestor.store.event_ids() == {str(uuid.UUID(int=n + 1)) for n in range(400)}
+    assert ingestor.store.event_ids() == {str(uuid.UUID(int=n + 1)) for n in range(1100)}
 
 
 async def test_crash_between_store_and_ack_is_redelivered_and_deduplicated(
