@@ -82,7 +82,10 @@ timeout 240 "$PY" bench/inference_backends.py "${ARGS[@]}" --data-dir "$DATA_DIR
 
 if [ -f bench/inference.py ]; then
   echo "== gated vs ungated (bench/inference.py)"
-  timeout 120 "$PY" bench/inference.py --device "$DEVICE" --seconds 10
+  GATE_ARGS=(--device "$DEVICE" --seconds 10 --rounds 2)
+  if [ "$DEVICE" = cuda ]; then GATE_ARGS+=(--concurrency 64 --inputs 8 --batch-max 128); fi
+  if [ -n "${EMBEDDINGS_PATH:-}" ]; then GATE_ARGS+=(--embeddings-path "$EMBEDDINGS_PATH"); fi
+  timeout 150 "$PY" bench/inference.py "${GATE_ARGS[@]}"
 else
   echo "== gated vs ungated: bench/inference.py not present yet (phase 2)"
 fi

@@ -13,6 +13,7 @@ Hierarchy (``code`` in brackets; ``inference/app.py`` maps them to the OpenAI er
         |   +-- CircuitOpenError       [circuit_open]           503 upstream breaker is open
         +-- UpstreamError              [upstream_error]         502 upstream answered badly
         +-- UpstreamTimeoutError       [upstream_timeout]       504 upstream too slow
+        +-- Refusal (inference/refusals.py): the gate's 401/403/429/503 refusals
 """
 
 from __future__ import annotations

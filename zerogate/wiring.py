@@ -31,6 +31,8 @@ from identity.service import IdentityService, open_identity
 from identity.spiffeid import SpiffeId
 from identity.svid_api import router as svid_router
 from identity.workload_server import build_workload_api_server
+from inference.quarantine import QuarantineViewStatus
+from inference.service import build_inference_service, ensure_service_entry
 from policy.api import router as policy_router
 from policy.bundle import load_signing_key
 from policy.service import PolicyService, open_policy
@@ -232,6 +234,22 @@ def assemble(plane: ControlPlane) -> None:
     )
     runtime.quarantine.subscribe(lambda _change: workload_api.cache.notify())
     plane.add_component(_Named("workload-api", workload_api))
+
+    if settings.inference.enabled:
+        # The service gets its own X.509-SVID from the Workload API like any workload: the
+        # entry for spiffe://<td>/inference with this process's uid is created when missing.
+        ensure_service_entry(identity.entries, settings)
+        inference = build_inference_service(
+            settings,
+            policy=policy,
+            audit=kernel.audit,
+            telemetry=kernel.telemetry,
+            clock=kernel.clock,
+            deny=identity.deny_list,
+            runtime=QuarantineViewStatus(runtime.quarantine),
+        )
+        plane.add_component(inference)
+        plane.extras["inference"] = inference
 
     admission = AdmissionService(
         settings.admission,

@@ -29,6 +29,8 @@ class Served:
                 "ZEROGATE_LISTEN": "127.0.0.1:0",
                 "ZEROGATE_INFERENCE_LISTEN": "127.0.0.1:0",
                 "ZEROGATE_IDENTITY__KEY_STORE": "disk",
+                # loading the models takes tens of seconds: only the inference tests ask
+                "ZEROGATE_INFERENCE__ENABLED": "false",
                 **(extra_env or {}),
             }
         )

@@ -26,6 +26,7 @@ def _start(tmp_path: Path, extra_env: dict[str, str] | None = None) -> subproces
             "ZEROGATE_DATA_DIR": str(tmp_path / "data"),
             "ZEROGATE_LISTEN": "127.0.0.1:0",
             "ZEROGATE_INFERENCE_LISTEN": "127.0.0.1:0",
+            "ZEROGATE_INFERENCE__ENABLED": "false",
             **(extra_env or {}),
         }
     )
