@@ -12,6 +12,7 @@ directory and Workload API socket.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import ssl
 import subprocess
@@ -332,3 +333,80 @@ def test_jwt_auth_refetches_after_half_the_lifetime(deployment: Deployment) -> N
     finally:
         workload.close()
     assert second != first
+
+
+# The whole flow (kept last: it quarantines an identity) ------------------------------------
+
+POD = f"spiffe://{TD}/ns/ml/pod/trainer-0"
+FALCO_ALERT = {
+    "hostname": "node-1",
+    "output": "A shell was spawned in a container (user=root k8s.pod=trainer-0 shell=bash)",
+    "priority": "Critical",
+    "rule": "Terminal shell in container",
+    "source": "syscall",
+    "tags": ["container", "mitre_execution", "shell"],
+    "time": "2026-11-27T10:00:00.123456789Z",
+    "output_fields": {
+        "container.id": "4f8c5e2d1a3b",
+        "k8s.ns.name": "ml",
+        "k8s.pod.name": "trainer-0",
+        "proc.name": "bash",
+        "user.name": "root",
+    },
+}
+
+
+def test_falco_alert_stops_the_workloads_model_calls(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A workload calls the model (allowed); Falco posts a Critical alert for its pod; the
+    next call is refused with the rule as the reason; the audit trail holds event, action and
+    refusal, and verifies."""
+    served = deployment.served
+    served.cli(
+        "entry", "create", "--spiffe-id", POD,
+        "--selector", "k8s:ns:ml", "--selector", "k8s:pod-name:trainer-0",
+    )  # fmt: skip
+    token = served.cli("svid", "mint", "jwt", "--spiffe-id", POD, "--audience", SERVICE).strip()
+    client = _sdk(deployment, token)
+    assert len(client.embeddings.create(model=EMBED, input=["before"]).data) == 1
+
+    falco_dir = tmp_path / "falco"
+    served.cli(
+        "svid", "mint", "x509", "--spiffe-id", f"spiffe://{TD}/falco", "--out", str(falco_dir)
+    )
+    ctx = served.trust()
+    ctx.load_cert_chain(falco_dir / "svid.pem", falco_dir / "svid.key")
+    with httpx.Client(base_url=served.urls["control-plane"], verify=ctx, timeout=30) as falco:
+        posted = time.monotonic()
+        assert falco.post("/v1/runtime/falco", json=FALCO_ALERT).status_code == 200
+
+    refused: openai.PermissionDeniedError | None = None
+    while time.monotonic() - posted < 10:
+        try:
+            client.embeddings.create(model=EMBED, input=["after"])
+        except openai.PermissionDeniedError as exc:
+            refused = exc
+            break
+        time.sleep(0.02)
+    assert refused is not None, "the quarantined workload was still served"
+    assert FALCO_ALERT["rule"] in str(refused)
+
+    db = Database.open(f"sqlite:///{served.data_dir / 'zerogate.db'}")
+    try:
+        time.sleep(0.3)
+        records = audit_mod.tail(db, 100_000)
+    finally:
+        db.close()
+    kinds = [r.kind for r in records]
+    assert "runtime.event" in kinds and "runtime.action" in kinds
+    denials = [
+        r.payload
+        for r in records
+        if r.kind == "inference.call"
+        and (r.payload.get("subject") or {}).get("spiffe_id") == POD
+        and r.payload.get("status") == 403
+    ]
+    assert denials, "the refusal is not in the audit trail"
+    assert any(FALCO_ALERT["rule"] in json.dumps(d) for d in denials)
+    assert "intact" in served.cli("audit", "verify")
