@@ -297,7 +297,9 @@ class Settings(BaseSettings):
 
     @property
     def workload_api_socket(self) -> Path:
-        return self.identity.workload_api_socket or self.data_dir / "workload.sock"
+        # absolute: clients address it as unix:///path (a relative path would be read as
+        # the URI's authority, which the Workload Endpoint spec forbids)
+        return (self.identity.workload_api_socket or self.data_dir / "workload.sock").absolute()
 
     @property
     def rego_dir(self) -> Path:

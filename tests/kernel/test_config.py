@@ -29,7 +29,7 @@ def test_embedded_defaults() -> None:
     assert s.listen == "127.0.0.1:8443"
     assert s.inference.listen == "127.0.0.1:8000"
     assert s.effective_database_url == f"sqlite:///{Path('.zerogate') / 'zerogate.db'}"
-    assert s.workload_api_socket == Path(".zerogate/workload.sock")
+    assert s.workload_api_socket == Path(".zerogate/workload.sock").absolute()
 
 
 def test_env_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
