@@ -10,6 +10,7 @@ of its own besides subscriptions.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Hashable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,8 @@ from identity.rotation import Kind
 from identity.spiffeid import SpiffeId
 from identity.workload_cache import EntryView, X509Material
 from zerogate.store.tables.identity import identity_bundle_state, identity_entry
+
+log = logging.getLogger(__name__)
 
 
 def entry_view(entry: Entry) -> EntryView:
@@ -38,15 +41,57 @@ def entry_view(entry: Entry) -> EntryView:
     )
 
 
+IssuanceCheck = Callable[[dict[str, Any]], tuple[bool, list[str]]]
+"""The optional issuance policy (DESIGN.md 3: ``data.zerogate.identity`` after selector
+matching): input ``{spiffe_id, trust_domain, kind, ttl_s, parent_id, selectors, admin}``,
+answer (allowed, reasons). Injected by the wiring so identity imports no policy code."""
+
+
 class CoreIdentitySource:
     """The Workload API's ``IdentitySource`` over the CA and the entry repository."""
 
-    def __init__(self, ca: CertificateAuthority, entries: EntryRepository) -> None:
+    def __init__(
+        self,
+        ca: CertificateAuthority,
+        entries: EntryRepository,
+        *,
+        issuance_check: IssuanceCheck | None = None,
+    ) -> None:
         self._ca = ca
         self._entries = entries
+        self._check = issuance_check
 
     def entries_for(self, selectors: frozenset[str]) -> Sequence[EntryView]:
-        return [entry_view(e) for e in self._entries.match(selectors)]
+        matched = self._entries.match(selectors)
+        if self._check is not None:
+            matched = [e for e in matched if self._allowed(e)]
+        return [entry_view(e) for e in matched]
+
+    def _allowed(self, entry: Entry) -> bool:
+        """The issuance policy's verdict on an entry a caller matched; any error denies."""
+        assert self._check is not None
+        facts = {
+            "spiffe_id": str(entry.spiffe_id),
+            "trust_domain": str(entry.spiffe_id.trust_domain),
+            "kind": "x509",
+            "ttl_s": entry.x509_svid_ttl,
+            "parent_id": str(entry.parent_id) if entry.parent_id else "",
+            "selectors": sorted(str(s) for s in entry.selectors),
+            "admin": entry.admin,
+        }
+        try:
+            allowed, reasons = self._check(facts)
+        except Exception:
+            log.exception("event=identity.issuance_check_failed spiffe_id=%s", entry.spiffe_id)
+            return False
+        if not allowed:
+            log.warning(
+                "event=identity.issuance_denied spiffe_id=%s entry_id=%s reasons=%s",
+                entry.spiffe_id,
+                entry.id,
+                "; ".join(reasons),
+            )
+        return allowed
 
     def issue_x509(self, entry: EntryView) -> X509Material:
         svid = self._ca.issue_x509_svid(

@@ -28,7 +28,7 @@ from identity.errors import IdentityError
 from identity.service import IdentityService
 from identity.workload_api import WorkloadApiService
 from identity.workload_cache import AnyGate, IdentityGate, WorkloadCache
-from identity.workload_core import CoreIdentitySource
+from identity.workload_core import CoreIdentitySource, IssuanceCheck
 from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.config import Settings
 
@@ -138,12 +138,13 @@ def build_workload_api_server(
     clock: Clock = SYSTEM_CLOCK,
     gates: Sequence[IdentityGate] = (),
     attestation: WorkloadAttestation | None = None,
+    issuance_check: IssuanceCheck | None = None,
 ) -> WorkloadApiServer:
     """The Workload API of ``zerogate serve``: the identity core's CA and entries, the deny
     list plus any extra ``gates`` (e.g. runtime quarantine), on ``settings.workload_api_socket``.
     """
     cache = WorkloadCache(
-        CoreIdentitySource(identity.ca, identity.entries),
+        CoreIdentitySource(identity.ca, identity.entries, issuance_check=issuance_check),
         gate=AnyGate(identity.deny_list, *gates),
         clock=clock,
     )

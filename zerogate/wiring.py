@@ -188,6 +188,20 @@ def admin_required(
     return dependency
 
 
+def issuance_check(policy: PolicyService) -> Callable[[dict[str, Any]], tuple[bool, list[str]]]:
+    """The Workload API's issuance hook: ``data.zerogate.identity.decision`` (rego/identity/);
+    an undefined or malformed decision denies."""
+
+    def check(facts: dict[str, Any]) -> tuple[bool, list[str]]:
+        result = policy.decide("zerogate/identity/decision", facts, log=False).result
+        if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
+            return False, ["issuance policy gave no decision"]
+        reasons = result.get("reasons") or []
+        return result["allow"], [str(r) for r in reasons]
+
+    return check
+
+
 def assemble(plane: ControlPlane) -> None:
     kernel = plane.kernel
     settings = kernel.settings
@@ -230,7 +244,11 @@ def assemble(plane: ControlPlane) -> None:
     # The Workload API serves no SVID to a revoked (deny list) or quarantined SPIFFE ID, and
     # a quarantine wakes its streams at once rather than at the next poll.
     workload_api = build_workload_api_server(
-        settings, identity, clock=kernel.clock, gates=[runtime.quarantine]
+        settings,
+        identity,
+        clock=kernel.clock,
+        gates=[runtime.quarantine],
+        issuance_check=issuance_check(policy),
     )
     runtime.quarantine.subscribe(lambda _change: workload_api.cache.notify())
     plane.add_component(_Named("workload-api", workload_api))
