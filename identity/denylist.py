@@ -70,15 +70,22 @@ class DenyList:
         self.refresh = timedelta(seconds=refresh_s)
         self._lock = threading.Lock()
         self._snapshot: dict[tuple[str, str], datetime | None] = {}
+        self._reasons: dict[tuple[str, str], str] = {}
         self._loaded_at: datetime | None = None
 
     def _reload(self) -> None:
         with self.db.begin() as conn:
             rows = conn.execute(
-                select(identity_deny.c.kind, identity_deny.c.value, identity_deny.c.expires_at)
+                select(
+                    identity_deny.c.kind,
+                    identity_deny.c.value,
+                    identity_deny.c.expires_at,
+                    identity_deny.c.reason,
+                )
             ).all()
         with self._lock:
             self._snapshot = {(r.kind, r.value): r.expires_at for r in rows}
+            self._reasons = {(r.kind, r.value): r.reason or "" for r in rows}
             self._loaded_at = self.clock.now()
 
     def _fresh(self) -> dict[tuple[str, str], datetime | None]:
@@ -140,6 +147,13 @@ class DenyList:
         with self.db.begin() as conn:
             rows = conn.execute(select(identity_deny).order_by(identity_deny.c.created_at)).all()
         return [DenyRecord(r.kind, r.value, r.reason, r.created_at, r.expires_at) for r in rows]
+
+    def denial_reason(self, *, spiffe_id: SpiffeId | str) -> str | None:
+        """Why ``spiffe_id`` is on the list ("" when no reason was given), or None if not."""
+        if not self.is_denied(spiffe_id=spiffe_id):
+            return None
+        with self._lock:
+            return self._reasons.get(("spiffe_id", str(spiffe_id)), "")
 
     def is_denied(
         self,

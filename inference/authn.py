@@ -307,7 +307,12 @@ class Authenticator:
 
     def _check_denied(self, spiffe_id: SpiffeId) -> None:
         if self._deny is not None and self._deny.is_denied(spiffe_id=spiffe_id):
-            raise IdentityDeniedError(f"{spiffe_id} is revoked (on the identity deny list)")
+            # the deny list's own reason (e.g. the Falco rule that revoked it) when it has one
+            explain = getattr(self._deny, "denial_reason", None)
+            why = explain(spiffe_id=spiffe_id) if callable(explain) else None
+            raise IdentityDeniedError(
+                f"{spiffe_id} is revoked (on the identity deny list)" + (f": {why}" if why else "")
+            )
 
 
 def _bearer(value: str | None) -> str | None:
