@@ -3,8 +3,16 @@
 ``zerogate.wiring`` and ``zerogate.cli`` import several subsystems).
 
 - identity: CA + rotation, the control plane's own X.509-SVID on its TLS listener (rotated
-  before half-life and on every bundle change, without restart), ``/v1/bundle`` and the entry
-  API, the Workload API on its Unix socket.
+  before half-life and on every bundle change, without restart), ``/v1/bundle``, the entry API,
+  ``/v1/svid/x509`` (join token, k8s PSAT).
+- policy: the Rego store, the OPA REST API and bundle server (writes need an admin SVID),
+  SIGHUP reload; also the Workload API's issuance check (``data.zerogate.identity``).
+- runtime: Falco ingestion on ``/v1/runtime/...``, response through the policy, quarantine.
+- Workload API: served unless the deny list or the runtime quarantine refuses the ID; a
+  quarantine wakes its streams at once.
+- inference: the gated model service on its own listener, reading the deny list and the
+  quarantine on every call.
+- admission: the webhook on the control plane's listener, native policy through the store.
 - The caller of an HTTPS request is the SPIFFE ID of its verified client X.509-SVID
   (``mtls_caller``); writes need an admin entry (``admin_required``).
 """
