@@ -231,7 +231,8 @@ class Authenticator:
             raise AuthenticationError(f"{what} is not a valid X.509-SVID: {exc}") from exc
         if self._deny is not None and self._deny.is_denied(x509_serial=cert.serial_number):
             raise IdentityDeniedError(
-                f"the X.509-SVID of {spiffe_id} (serial {cert.serial_number:x}) is revoked"
+                f"the X.509-SVID of {spiffe_id} (serial {cert.serial_number:x}) is revoked",
+                spiffe_id=str(spiffe_id),
             )
         return spiffe_id
 
@@ -253,7 +254,9 @@ class Authenticator:
             and isinstance(jti, str)
             and self._deny.is_denied(jti_hash=hashlib.sha256(jti.encode()).hexdigest())
         ):
-            raise IdentityDeniedError(f"this JWT-SVID of {claims.spiffe_id} is revoked")
+            raise IdentityDeniedError(
+                f"this JWT-SVID of {claims.spiffe_id} is revoked", spiffe_id=str(claims.spiffe_id)
+            )
         return Principal(claims.spiffe_id, "jwt")
 
     def _verify(self, token: str, snapshot: TrustSnapshot) -> JwtClaims:
@@ -311,7 +314,8 @@ class Authenticator:
             explain = getattr(self._deny, "denial_reason", None)
             why = explain(spiffe_id=spiffe_id) if callable(explain) else None
             raise IdentityDeniedError(
-                f"{spiffe_id} is revoked (on the identity deny list)" + (f": {why}" if why else "")
+                f"{spiffe_id} is revoked (on the identity deny list)" + (f": {why}" if why else ""),
+                spiffe_id=str(spiffe_id),
             )
 
 

@@ -51,6 +51,7 @@ from inference.quarantine import RuntimeStatus
 from inference.refusals import (
     AuditUnavailable,
     GateUnavailableError,
+    IdentityDeniedError,
     QuarantinedError,
     Refusal,
 )
@@ -96,6 +97,7 @@ class _Call:
     __slots__ = (
         "call",
         "content",
+        "denied_id",
         "model_span",
         "principal",
         "reservation",
@@ -113,6 +115,7 @@ class _Call:
         self.reservation: Reservation | None = None
         self.model_span: Span | None = None
         self.content: Any = None
+        self.denied_id: str | None = None
 
 
 class _Settled:
@@ -179,6 +182,8 @@ class SpiffeGate:
         try:
             await self._admit(request, state)
         except Refusal as exc:
+            if isinstance(exc, IdentityDeniedError):
+                state.denied_id = exc.spiffe_id
             await self._refused(state, exc)
             raise
         except Exception as exc:  # a bug must not serve the call, nor leak a 500 trace
@@ -353,7 +358,13 @@ class SpiffeGate:
         usage = outcome.usage if outcome is not None else None
         ctx = state.span.get_span_context()
         record: dict[str, Any] = {
-            "subject": describe(state.principal) if state.principal else None,
+            "subject": (
+                describe(state.principal)
+                if state.principal
+                else {"spiffe_id": state.denied_id, "method": "revoked"}
+                if state.denied_id
+                else None
+            ),
             "model": call.model,
             "operation": call.operation,
             "stream": call.stream,

@@ -57,6 +57,11 @@ class PermissionDeniedError(Refusal):
 class IdentityDeniedError(PermissionDeniedError):
     code = "identity_denied"
 
+    def __init__(self, message: str, *, spiffe_id: str | None = None) -> None:
+        super().__init__(message)
+        # the authenticated but revoked SPIFFE ID, so the audit record names who was refused
+        self.spiffe_id = spiffe_id
+
 
 class QuarantinedError(PermissionDeniedError):
     code = "quarantined"

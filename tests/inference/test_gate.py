@@ -417,8 +417,13 @@ def test_revoked_identity_is_403_even_with_a_valid_token(env: Env) -> None:
     token = env.token(revoked)
     with env.http() as client:
         assert _embed(client, token).status_code == 200  # cached as verified
-    env.deny.add("spiffe_id", revoked, reason="test")
+    env.deny.add("spiffe_id", revoked, reason="Terminal shell in container")
     _refused(env, token, 403, "identity_denied", "revoked")
+    record = env.calls()[-1]
+    # the audit record names who was refused and why, though authentication never completed
+    assert record["subject"]["spiffe_id"] == revoked
+    assert record["status"] == 403
+    assert any("Terminal shell in container" in r for r in record["reasons"])
 
 
 def test_quarantined_identity_is_refused_at_once(env: Env) -> None:
