@@ -1,4 +1,4 @@
-"""TLS contexts from SVIDs: the control plane serves HTTPS with its own X.509-SVID.
+"""Client TLS contexts from SVIDs (servers use ``zerogate.tls.ServerTLS``, which rotates).
 
 Python's ``ssl`` loads certificates and keys only from files, so the SVID is written to a
 private (0700) temporary directory, loaded, and the files removed at once. Trust comes from
@@ -28,19 +28,6 @@ def _load_svid(ctx: ssl.SSLContext, svid: X509Svid) -> None:
             fh.write(svid.key_pem())
         cert.write_bytes(svid.chain_pem())
         ctx.load_cert_chain(cert, key)
-
-
-def server_ssl_context(
-    svid: X509Svid, bundle: Bundle, *, client_cert: ssl.VerifyMode = ssl.CERT_OPTIONAL
-) -> ssl.SSLContext:
-    """A TLS 1.2+ server context presenting ``svid``, verifying clients against ``bundle``."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    _load_svid(ctx, svid)
-    ctx.verify_mode = client_cert
-    if client_cert != ssl.CERT_NONE:
-        ctx.load_verify_locations(cadata=bundle.to_pem())
-    return ctx
 
 
 def client_ssl_context(bundle: Bundle, svid: X509Svid | None = None) -> ssl.SSLContext:

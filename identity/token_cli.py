@@ -60,13 +60,7 @@ def generate(
         _fail(str(exc), 3)
     audit: AuditLog | None = None
     try:
-        audit = AuditLog.open(
-            db,
-            signing_key=settings.audit_signing_key,
-            checkpoint_every=settings.audit.checkpoint_every,
-            checkpoint_interval_s=settings.audit.checkpoint_interval_s,
-            max_payload_bytes=settings.audit.max_payload_bytes,
-        )
+        audit = AuditLog.from_settings(db, settings)
         tokens = JoinTokens(db, audit=audit, trust_domain=TrustDomain.parse(settings.trust_domain))
         issued = tokens.generate(spiffe_id, timedelta(seconds=ttl))
     except (InvalidSpiffeIdError, JoinTokenError) as exc:

@@ -310,7 +310,8 @@ class PolicyStore:
             try:
                 self.reload(reason="file_change")
             except PolicyCompileError:
-                pass  # logged, counted and audited by reload; the old revision keeps serving
+                # reload logged, counted and audited it; the old revision keeps serving
+                continue
             except Exception:
                 log.exception("event=policy.watch_reload_failed root=%s", self.root)
 

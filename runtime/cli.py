@@ -61,13 +61,7 @@ def _context(config: Path | None) -> Iterator[_Ctx]:
         db = Database.open(settings.effective_database_url)
     except StoreError as exc:
         _fail(str(exc), 3)
-    audit = AuditLog.open(
-        db,
-        signing_key=settings.audit_signing_key,
-        checkpoint_every=settings.audit.checkpoint_every,
-        checkpoint_interval_s=settings.audit.checkpoint_interval_s,
-        max_payload_bytes=settings.audit.max_payload_bytes,
-    )
+    audit = AuditLog.from_settings(db, settings)
     try:
         try:
             yield _Ctx(settings, db, audit)

@@ -46,6 +46,7 @@ from sqlalchemy import Connection, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from zerogate.clock import SYSTEM_CLOCK, Clock
+from zerogate.config import Settings
 from zerogate.errors import AuditError, PayloadError
 from zerogate.jcs import CanonicalizationError, canonical_json
 from zerogate.store import Database
@@ -239,6 +240,21 @@ class AuditLog:
             checkpoint_interval_s=checkpoint_interval_s,
             max_payload_bytes=max_payload_bytes,
             batch_max=batch_max,
+        )
+
+    @classmethod
+    def from_settings(
+        cls, db: Database, settings: Settings, *, clock: Clock = SYSTEM_CLOCK
+    ) -> AuditLog:
+        """The audit log as configured (``audit`` section, key in the data directory)."""
+        return cls.open(
+            db,
+            signing_key=settings.audit_signing_key,
+            clock=clock,
+            checkpoint_every=settings.audit.checkpoint_every,
+            checkpoint_interval_s=settings.audit.checkpoint_interval_s,
+            max_payload_bytes=settings.audit.max_payload_bytes,
+            batch_max=settings.audit.batch_max,
         )
 
     @property

@@ -199,11 +199,7 @@ def audit_append(
     db = open_db_or_exit(database_url or settings.effective_database_url)
     log = None
     try:
-        log = audit_mod.AuditLog.open(
-            db,
-            signing_key=settings.audit_signing_key,
-            max_payload_bytes=settings.audit.max_payload_bytes,
-        )
+        log = audit_mod.AuditLog.from_settings(db, settings)
         seq = log.write(kind, data)
     except AuditError as exc:
         fail(str(exc), 2)

@@ -109,15 +109,7 @@ def open_kernel(
     """Open the store (migrating it) and the audit log."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database.open(settings.effective_database_url)
-    audit = AuditLog.open(
-        db,
-        signing_key=settings.audit_signing_key,
-        clock=clock,
-        checkpoint_every=settings.audit.checkpoint_every,
-        checkpoint_interval_s=settings.audit.checkpoint_interval_s,
-        max_payload_bytes=settings.audit.max_payload_bytes,
-        batch_max=settings.audit.batch_max,
-    )
+    audit = AuditLog.from_settings(db, settings, clock=clock)
     telemetry = telemetry or Telemetry.create(settings.telemetry.service_name)
     return Kernel(settings, db, audit, telemetry, clock)
 
