@@ -15,7 +15,6 @@ policy that does not compile); 2 bad configuration; 3 the listen address is take
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -69,11 +68,12 @@ def serve(
 
 def _serve_gated(settings: Settings) -> None:
     from inference.service import run_standalone
+    from zerogate.server import run_loop
     from zerogate.telemetry import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(run_standalone(settings))
+        run_loop(run_standalone(settings))
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

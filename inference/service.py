@@ -12,7 +12,7 @@ On ``start`` the service
    through ``zerogate.tls.ServerTLS``: a rotated SVID or a new bundle is pushed by the
    Workload API stream and applies to the next handshake, without a restart;
 2. binds ``inference.listen`` and serves the OpenAI-compatible app with uvicorn and
-   ``PeerCertH11Protocol`` (client certificates reach the gate; uvicorn alone drops them);
+   ``PeerCertProtocol`` (client certificates reach the gate; uvicorn alone drops them);
 3. loads the models in the background: ``/readyz`` says 503 until they are in, calls before
    that get 503 ``backend_unavailable``; the listener is up at once so health checks work.
 
@@ -46,7 +46,7 @@ from zerogate.clock import Clock
 from zerogate.config import Settings
 from zerogate.server import bind_socket, split_listen
 from zerogate.telemetry import PROMETHEUS_CONTENT_TYPE, Telemetry
-from zerogate.tls import PeerCertH11Protocol, ServerTLS
+from zerogate.tls import PeerCertProtocol, ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ class InferenceService:
             access_log=False,
             lifespan="off",
             ssl_context_factory=self.tls.uvicorn_factory(),
-            http=PeerCertH11Protocol,
+            http=PeerCertProtocol,
             timeout_graceful_shutdown=5,
         )
         self._server = _Quiet(config)

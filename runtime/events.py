@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from runtime.falco import FalcoAlert, Priority
@@ -90,28 +90,83 @@ class StoredEvent:
         }
 
 
-def _row_values(alert: FalcoAlert, ingest: str, now: datetime, occurrence: int) -> dict[str, Any]:
-    return {
-        "event_id": alert.event_id,
-        "occurrence": occurrence,
-        "received_at": now,
-        "last_seen": now,
-        "duplicates": 0,
-        "event_time": alert.timestamp,
-        "rule": alert.rule,
-        "priority": alert.priority.label,
-        "severity": int(alert.priority),
-        "source": alert.source,
-        "hostname": alert.hostname,
-        "k8s_ns": alert.k8s_ns,
-        "k8s_pod": alert.k8s_pod,
-        "k8s_pod_uid": alert.k8s_pod_uid,
-        "container_id": alert.container_id,
-        "ingest": ingest,
-        "raw": alert.canonical().decode("utf-8"),
-        "spiffe_ids": None,
-        "audit_seq": None,
-    }
+_INSERT_COLUMNS = (
+    "INSERT INTO runtime_event (event_id, occurrence, received_at, last_seen, duplicates, "
+    "event_time, rule, priority, severity, source, hostname, k8s_ns, k8s_pod, k8s_pod_uid, "
+    "container_id, ingest, raw, id) "
+)
+_INSERT_QMARK = _INSERT_COLUMNS + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_FORMAT = (
+    _INSERT_COLUMNS
+    + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_MARK_QMARK = "UPDATE runtime_event SET audit_seq = ? WHERE id = ?"
+_MARK_FORMAT = "UPDATE runtime_event SET audit_seq = %s WHERE id = %s"
+
+
+def _row_tuple(
+    alert: FalcoAlert,
+    ingest: str,
+    now: Any,
+    occurrence: int,
+    event_time: Callable[[datetime], Any],
+) -> tuple[Any, ...]:
+    """One row in ``_INSERT_QMARK`` column order, values as the driver takes them (id last,
+    filled in by ``_insert_rows``)."""
+    return (
+        alert.event_id,
+        occurrence,
+        now,
+        now,
+        0,
+        event_time(alert.timestamp),
+        alert.rule,
+        alert.priority.label,
+        int(alert.priority),
+        alert.source,
+        alert.hostname,
+        alert.k8s_ns,
+        alert.k8s_pod,
+        alert.k8s_pod_uid,
+        alert.container_id,
+        ingest,
+        alert.canonical().decode("utf-8"),
+    )
+
+
+def _time_param(conn: Connection) -> Callable[[datetime], Any]:
+    """A datetime as the driver stores it in a ``UtcDateTime`` column (the column type's own
+    bind processing, so reads through SQLAlchemy see exactly what a Core insert writes)."""
+    dialect = conn.dialect
+    processor = runtime_event.c.event_time.type.dialect_impl(dialect).bind_processor(dialect)
+    if processor is None:
+        return lambda value: value
+    return processor
+
+
+def _insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
+    """Insert ``rows`` (``_row_tuple``) with one driver-level executemany; returns their ids.
+
+    Ingestion stores thousands of alerts a second: SQLAlchemy's insert-with-RETURNING path
+    spends ~60 us a row on per-row compilation and type processing, this ~5 us. Ids are
+    allocated first: on SQLite the caller holds the write lock (``BEGIN IMMEDIATE``), so
+    max(id)+1.. is ours; on PostgreSQL they come from the column's sequence."""
+    n = len(rows)
+    if conn.dialect.name == "postgresql":
+        ids = sorted(
+            conn.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('runtime_event', 'id')) "
+                "FROM generate_series(1, %s)",
+                (n,),
+            ).scalars()
+        )
+        sql = _INSERT_FORMAT
+    else:
+        top = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM runtime_event").scalar()
+        ids = list(range(int(top or 0) + 1, int(top or 0) + n + 1))
+        sql = _INSERT_QMARK
+    conn.exec_driver_sql(sql, [(*row, rid) for row, rid in zip(rows, ids, strict=True)])
+    return ids
 
 
 def _to_event(row: Any) -> StoredEvent:
@@ -187,7 +242,9 @@ class EventStore:
             else:
                 first[alert.event_id] = (alert, ingest)
         latest = self._latest(conn, list(first))
-        new_rows: list[dict[str, Any]] = []
+        event_time = _time_param(conn)
+        now_param = event_time(now)
+        new_rows: list[tuple[Any, ...]] = []
         bumps: dict[int, int] = {}  # row id -> duplicates to add
         outcome: dict[str, StoreResult] = {}
         for event_id, (alert, ingest) in first.items():
@@ -198,21 +255,14 @@ class EventStore:
                 outcome[event_id] = StoreResult(event_id, "duplicate", row_id, occurrence)
                 continue
             occurrence = 0 if prior is None else prior[1] + 1
-            new_rows.append(_row_values(alert, ingest, now, occurrence))
+            new_rows.append(_row_tuple(alert, ingest, now_param, occurrence, event_time))
         if new_rows:
-            inserted = conn.execute(
-                insert(runtime_event).returning(
-                    runtime_event.c.id,
-                    runtime_event.c.event_id,
-                    runtime_event.c.occurrence,
-                    sort_by_parameter_order=True,
-                ),
-                new_rows,
-            ).all()
-            for row in inserted:
-                outcome[row.event_id] = StoreResult(row.event_id, "stored", row.id, row.occurrence)
-                if repeats.get(row.event_id):
-                    bumps[row.id] = repeats[row.event_id]
+            for row_id, (event_id, occurrence) in zip(
+                _insert_rows(conn, new_rows), ((r[0], r[1]) for r in new_rows), strict=True
+            ):
+                outcome[event_id] = StoreResult(event_id, "stored", row_id, occurrence)
+                if repeats.get(event_id):
+                    bumps[row_id] = repeats[event_id]
         if bumps:
             conn.execute(
                 update(runtime_event)
@@ -262,11 +312,9 @@ class EventStore:
     @staticmethod
     def _mark(conn: Connection, seqs: dict[int, int] | None) -> None:
         if seqs:
-            conn.execute(
-                update(runtime_event)
-                .where(runtime_event.c.id == bindparam("rid"))
-                .values(audit_seq=bindparam("seq")),
-                [{"rid": rid, "seq": seq} for rid, seq in seqs.items()],
+            conn.exec_driver_sql(
+                _MARK_FORMAT if conn.dialect.name == "postgresql" else _MARK_QMARK,
+                [(seq, rid) for rid, seq in seqs.items()],
             )
 
     def set_identities(self, row_id: int, spiffe_ids: list[str]) -> None:

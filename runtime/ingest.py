@@ -238,7 +238,6 @@ class EventIngestor:
                 job.future.set_exception(err)
             return
         new: list[NewEvent] = []
-        audits: dict[int, Future[int]] = {}
         offset = 0
         per_job: list[list[StoreResult]] = []
         for job in jobs:
@@ -249,11 +248,11 @@ class EventIngestor:
                 if result.status == "stored":
                     new.append(NewEvent(alert, result, job.ingest, job.trace_id))
         try:
-            for event in new:
-                audits[event.result.row_id] = self._audit.append(
-                    AUDIT_KIND,
-                    audit_payload(event.alert, event.result, event.ingest, event.trace_id),
-                )
+            # one future for the batch's records: they commit together, consecutive in the chain
+            audited = self._audit.append_many(
+                AUDIT_KIND,
+                [audit_payload(e.alert, e.result, e.ingest, e.trace_id) for e in new],
+            )
         except Exception as exc:  # fail closed: stored but not acknowledged; recover() audits
             self._fail(jobs, exc)
             return
@@ -267,7 +266,7 @@ class EventIngestor:
                 except Exception:
                     log.exception("event=runtime.ingest.listener_failed")
         try:
-            seqs = {rid: fut.result(timeout=self._audit_timeout) for rid, fut in audits.items()}
+            seqs = audited.result(timeout=self._audit_timeout)
         except Exception as exc:
             self._fail(jobs, exc)
             return
@@ -275,7 +274,7 @@ class EventIngestor:
             job.future.set_result(mine)
         self.stats["stored"] += len(new)
         self.stats["duplicate"] += len(results) - len(new)
-        self._marks.update(seqs)
+        self._marks.update(zip((e.result.row_id for e in new), seqs, strict=True))
 
     def _fail(self, jobs: list[_Job], exc: Exception) -> None:
         self.stats["failed_batches"] += 1

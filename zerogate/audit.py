@@ -32,7 +32,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -77,6 +77,10 @@ class AuditSink(Protocol):
 
     def append(self, kind: str, payload: Mapping[str, Any]) -> Future[int]:
         """Queue a record; the future resolves to its seq once durable, or raises AuditError."""
+        ...
+
+    def append_many(self, kind: str, payloads: Sequence[Mapping[str, Any]]) -> Future[list[int]]:
+        """Queue records of one kind, consecutive in the chain; one future for all their seqs."""
         ...
 
 
@@ -180,6 +184,24 @@ class _Pending:
     payload: bytes
     future: Future[int]
 
+    @property
+    def size(self) -> int:
+        return 1
+
+
+@dataclass
+class _PendingMany:
+    """Several records of one kind behind one future (ingestion of event batches: a
+    ``Future`` per record costs more than hashing the record)."""
+
+    kind: str
+    payloads: list[bytes]
+    future: Future[list[int]]
+
+    @property
+    def size(self) -> int:
+        return len(self.payloads)
+
 
 @dataclass
 class _Head:
@@ -210,7 +232,7 @@ class AuditLog:
         self._checkpoint_interval = checkpoint_interval_s
         self._max_payload = max_payload_bytes
         self._batch_max = batch_max
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending | _PendingMany | object] = queue.SimpleQueue()
         self._closed = False
         self._close_lock = threading.Lock()
         self._last_checkpoint_at = time.monotonic()
@@ -267,17 +289,35 @@ class AuditLog:
         return self._healthy and self._thread.is_alive() and not self._closed
 
     def append(self, kind: str, payload: Mapping[str, Any]) -> Future[int]:
-        if not isinstance(kind, str) or not KIND_PATTERN.match(kind) or len(kind) > 128:
-            raise PayloadError(
-                f"audit kind {kind!r} must be dotted lower-case words (e.g. 'policy.decision'), "
-                f"at most {MAX_KIND_LENGTH} characters"
-            )
+        self._check_kind(kind)
         data = canonical_payload(payload, self._max_payload)
         fut: Future[int] = Future()
         if self._closed:
             raise AuditError("audit log is closed")
         self._queue.put(_Pending(kind, data, fut))
         return fut
+
+    def append_many(self, kind: str, payloads: Sequence[Mapping[str, Any]]) -> Future[list[int]]:
+        """Queue ``payloads`` as consecutive records of ``kind``; the future resolves to their
+        seqs, in order, once all are durable (they commit in one transaction)."""
+        self._check_kind(kind)
+        data = [canonical_payload(p, self._max_payload) for p in payloads]
+        fut: Future[list[int]] = Future()
+        if self._closed:
+            raise AuditError("audit log is closed")
+        if not data:
+            fut.set_result([])
+            return fut
+        self._queue.put(_PendingMany(kind, data, fut))
+        return fut
+
+    @staticmethod
+    def _check_kind(kind: str) -> None:
+        if not isinstance(kind, str) or not KIND_PATTERN.match(kind) or len(kind) > 128:
+            raise PayloadError(
+                f"audit kind {kind!r} must be dotted lower-case words (e.g. 'policy.decision'), "
+                f"at most {MAX_KIND_LENGTH} characters"
+            )
 
     def write(self, kind: str, payload: Mapping[str, Any], timeout: float = 30.0) -> int:
         """Append and wait until durable; returns the seq."""
@@ -308,17 +348,19 @@ class AuditLog:
             except queue.Empty:
                 self._maybe_timed_checkpoint()
                 continue
-            batch: list[_Pending] = []
+            batch: list[_Pending | _PendingMany] = []
+            records = 0
             markers: list[Future[None]] = []
             item: object = first
             while True:
                 if item is _STOP:
                     stop = True
-                elif isinstance(item, _Pending):
+                elif isinstance(item, _Pending | _PendingMany):
                     batch.append(item)
+                    records += item.size
                 elif isinstance(item, Future):
                     markers.append(item)
-                if stop or len(batch) >= self._batch_max:
+                if stop or records >= self._batch_max:
                     break
                 try:
                     item = self._queue.get_nowait()
@@ -331,13 +373,13 @@ class AuditLog:
             for marker in markers:
                 marker.set_result(None)
         # drain anything that raced with close()
-        leftovers: list[_Pending] = []
+        leftovers: list[_Pending | _PendingMany] = []
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item, _Pending):
+            if isinstance(item, _Pending | _PendingMany):
                 leftovers.append(item)
             elif isinstance(item, Future):
                 item.set_result(None)
@@ -368,7 +410,9 @@ class AuditLog:
             return _Head(checkpoint_seq=cp or 0)
         return _Head(seq=row[0], hash=bytes(row[1]), checkpoint_seq=row[2] or 0)
 
-    def _write_batch(self, batch: list[_Pending], *, force_checkpoint: bool = False) -> None:
+    def _write_batch(
+        self, batch: list[_Pending | _PendingMany], *, force_checkpoint: bool = False
+    ) -> None:
         try:
             with self._db.engine.connect() as raw:
                 conn = raw.execution_options(sqlite_begin="IMMEDIATE")
@@ -381,12 +425,15 @@ class AuditLog:
                     seq, prev = head.seq, head.hash
                     stored_ts = self._ts_param(ts_value)
                     for item in batch:
-                        seq += 1
-                        digest = _record_hash(prev, seq, ts, item.kind, item.payload)
-                        rows.append(
-                            (seq, stored_ts, item.kind, item.payload.decode(), prev, digest)
+                        kind = item.kind
+                        payloads = (
+                            item.payloads if isinstance(item, _PendingMany) else (item.payload,)
                         )
-                        prev = digest
+                        for payload in payloads:
+                            seq += 1
+                            digest = _record_hash(prev, seq, ts, kind, payload)
+                            rows.append((seq, stored_ts, kind, payload.decode(), prev, digest))
+                            prev = digest
                     # driver-level executemany: the ORM-free Core path still spends ~20 us a
                     # row on per-row type processing that one shared timestamp does not need
                     conn.exec_driver_sql(self._insert_sql, rows)
@@ -399,16 +446,21 @@ class AuditLog:
                         self._insert_checkpoint(conn, seq, prev, ts, ts_value)
         except (SQLAlchemyError, OSError) as exc:
             self._healthy = False
-            error = AuditError(f"audit write failed, {len(batch)} record(s) not stored: {exc}")
-            log.error("event=audit.write_failed records=%d error=%s", len(batch), exc)
+            records = sum(item.size for item in batch)
+            error = AuditError(f"audit write failed, {records} record(s) not stored: {exc}")
+            log.error("event=audit.write_failed records=%d error=%s", records, exc)
             for item in batch:
                 item.future.set_exception(error)
             return
         self._healthy = True
         self._uncheckpointed = not due
-        first_seq = seq - len(batch) + 1
-        for offset, item in enumerate(batch):
-            item.future.set_result(first_seq + offset)
+        next_seq = head.seq + 1
+        for item in batch:
+            if isinstance(item, _PendingMany):
+                item.future.set_result(list(range(next_seq, next_seq + item.size)))
+            else:
+                item.future.set_result(next_seq)
+            next_seq += item.size
 
     def _insert_checkpoint(
         self, conn: Connection, seq: int, hash_: bytes, ts: str, ts_value: datetime

@@ -7,7 +7,6 @@ the key); 3 the store or another dependency is unreachable.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -88,7 +87,7 @@ def serve(config: ConfigOption = None) -> None:
     """Run the all-in-one control plane with the embedded defaults (or zerogate.yaml)."""
     settings = settings_or_exit(config)
     setup_logging(settings.log_level, settings.log_format)
-    from zerogate.server import build_control_plane
+    from zerogate.server import build_control_plane, run_loop
 
     try:
         plane = build_control_plane(settings)
@@ -99,7 +98,7 @@ def serve(config: ConfigOption = None) -> None:
     except ZerogateError as exc:
         fail(str(exc), 1)
     try:
-        asyncio.run(plane.run())
+        run_loop(plane.run())
     except ZerogateError as exc:  # e.g. the port is taken
         fail(str(exc), 3)
 

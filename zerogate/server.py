@@ -16,9 +16,9 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import uvicorn
 from fastapi import FastAPI, Response
@@ -31,9 +31,23 @@ from zerogate.config import Settings
 from zerogate.errors import ZerogateError
 from zerogate.store import Database
 from zerogate.telemetry import PROMETHEUS_CONTENT_TYPE, Telemetry
-from zerogate.tls import PeerCertH11Protocol, ServerTLS
+from zerogate.tls import PeerCertProtocol, ServerTLS
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop (libuv: a cheaper event loop and TLS transport) where it is
+    installed, on asyncio's own loop otherwise. What ``zerogate serve`` runs on."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 class Component(Protocol):
@@ -208,7 +222,7 @@ class ControlPlane:
             if listener.tls is not None:
                 tls_options = {
                     "ssl_context_factory": listener.tls.uvicorn_factory(),
-                    "http": PeerCertH11Protocol,
+                    "http": PeerCertProtocol,
                 }
             config = uvicorn.Config(
                 listener.app,

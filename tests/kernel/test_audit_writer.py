@@ -36,6 +36,46 @@ def test_append_resolves_to_gapless_seq(audit_log: AuditLog, database: Database)
     assert records[-1].kind == "test.one"
 
 
+def test_append_many_gets_consecutive_seqs_among_single_appends(
+    database: Database, tmp_path: Path
+) -> None:
+    log = AuditLog.open(database, signing_key=tmp_path / "k.pem", checkpoint_every=50)
+    singles: list[int] = []
+    batches: list[list[int]] = []
+
+    def single_writer() -> None:
+        futures = [log.append("test.single", {"i": i}) for i in range(300)]
+        singles.extend(f.result(timeout=60) for f in futures)
+
+    thread = threading.Thread(target=single_writer)
+    thread.start()
+    futures = [
+        log.append_many("test.batch", [{"b": b, "i": i} for i in range(40)]) for b in range(10)
+    ]
+    batches = [f.result(timeout=60) for f in futures]
+    thread.join()
+    assert log.append_many("test.batch", []).result(timeout=5) == []
+    log.close()
+    for b, seqs in enumerate(batches):
+        assert seqs == list(range(seqs[0], seqs[0] + 40)), "a batch is contiguous"
+        records = {r.seq: r for r in tail(database, 1000)}
+        assert [records[s].payload for s in seqs] == [{"b": b, "i": i} for i in range(40)]
+        assert all(records[s].kind == "test.batch" for s in seqs)
+    every = sorted(singles + [s for seqs in batches for s in seqs])
+    assert every == list(range(1, 701))
+    result = verify(database, log.public_key)
+    assert result.ok, result.findings[:3]
+
+
+def test_append_many_refuses_a_bad_payload_and_queues_none(
+    audit_log: AuditLog, database: Database
+) -> None:
+    with pytest.raises(PayloadError):
+        audit_log.append_many("test.batch", [{"ok": 1}, {"bad": float("nan")}])
+    audit_log.flush()
+    assert _count(database) == 0
+
+
 def test_eight_writers_ten_thousand_records(database: Database, tmp_path: Path) -> None:
     log = AuditLog.open(database, signing_key=tmp_path / "k.pem", checkpoint_every=1000)
     seqs: list[int] = []

@@ -64,7 +64,7 @@ def test_docs_alert_fields_and_workload_keys() -> None:
 def test_unknown_fields_are_kept() -> None:
     data = _docs_alert() | {"message": "A shell was spawned", "x_custom": {"a": 1}}
     alert = parse_alert(data)
-    assert alert.model_extra == {"message": "A shell was spawned", "x_custom": {"a": 1}}
+    assert alert.extra == {"message": "A shell was spawned", "x_custom": {"a": 1}}
     assert alert.raw["x_custom"] == {"a": 1}
 
 
@@ -178,3 +178,25 @@ def test_event_id_is_stable_and_content_sensitive() -> None:
 def test_uuid_is_normalised() -> None:
     data = _docs_alert() | {"uuid": "7466E462-DDDE-434D-8DEE-390CA5656F83"}
     assert parse_alert(data).event_id == "7466e462-ddde-434d-8dee-390ca5656f83"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"x_float": 1.5e-7},  # ECMAScript number form differs from Python's repr
+        {"x_unicode_key_\u00e9": "v"},  # keys sorted by UTF-16 code units
+        {"x_nested": {"deep": [1, 2**60, {"f": 0.1}]}},
+        {"x_big": -(2**63)},
+    ],
+)
+def test_event_id_is_the_rfc8785_hash_of_the_jcs_safe_alert(extra: dict[str, Any]) -> None:
+    """The fast one-walk hash equals the exact RFC 8785 path on every kind of value."""
+    import hashlib
+
+    import rfc8785
+
+    from runtime.falco import jcs_safe
+
+    data = _docs_alert() | extra
+    expected = "sha256:" + hashlib.sha256(rfc8785.dumps(jcs_safe(data))).hexdigest()
+    assert parse_alert(data).event_id == expected
