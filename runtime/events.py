@@ -23,12 +23,15 @@ from sqlalchemy.exc import IntegrityError
 from runtime.falco import FalcoAlert, Priority
 from runtime.tx import write
 from zerogate.clock import SYSTEM_CLOCK, Clock
+from zerogate.errors import StoreError
 from zerogate.store import Database
 from zerogate.store.tables import runtime_event
 
 log = logging.getLogger(__name__)
 
 Status = Literal["stored", "duplicate"]
+AuditHook = Callable[[Connection, list[tuple[int, "StoreResult"]]], Sequence[int]]
+"""Writes the audit records of newly stored rows inside the storing transaction."""
 _CHUNK = 500  # ids per IN (...) list
 _RETRIES = 5
 
@@ -93,12 +96,12 @@ class StoredEvent:
 _INSERT_COLUMNS = (
     "INSERT INTO runtime_event (event_id, occurrence, received_at, last_seen, duplicates, "
     "event_time, rule, priority, severity, source, hostname, k8s_ns, k8s_pod, k8s_pod_uid, "
-    "container_id, ingest, raw, id) "
+    "container_id, ingest, raw, audit_seq, id) "
 )
-_INSERT_QMARK = _INSERT_COLUMNS + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_QMARK = _INSERT_COLUMNS + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_FORMAT = (
     _INSERT_COLUMNS
-    + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    + "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _MARK_QMARK = "UPDATE runtime_event SET audit_seq = ? WHERE id = ?"
 _MARK_FORMAT = "UPDATE runtime_event SET audit_seq = %s WHERE id = %s"
@@ -111,8 +114,8 @@ def _row_tuple(
     occurrence: int,
     event_time: Callable[[datetime], Any],
 ) -> tuple[Any, ...]:
-    """One row in ``_INSERT_QMARK`` column order, values as the driver takes them (id last,
-    filled in by ``_insert_rows``)."""
+    """One row in ``_INSERT_QMARK`` column order, values as the driver takes them (audit_seq
+    and id follow)."""
     return (
         alert.event_id,
         occurrence,
@@ -144,29 +147,21 @@ def _time_param(conn: Connection) -> Callable[[datetime], Any]:
     return processor
 
 
-def _insert_rows(conn: Connection, rows: list[tuple[Any, ...]]) -> list[int]:
-    """Insert ``rows`` (``_row_tuple``) with one driver-level executemany; returns their ids.
-
-    Ingestion stores thousands of alerts a second: SQLAlchemy's insert-with-RETURNING path
-    spends ~60 us a row on per-row compilation and type processing, this ~5 us. Ids are
-    allocated first: on SQLite the caller holds the write lock (``BEGIN IMMEDIATE``), so
-    max(id)+1.. is ours; on PostgreSQL they come from the column's sequence."""
-    n = len(rows)
+def _allocate_ids(conn: Connection, n: int) -> list[int]:
+    """Ids for ``n`` new rows, inserted with one driver-level executemany (SQLAlchemy's
+    insert-with-RETURNING path spends ~60 us a row on per-row compilation and type
+    processing, the driver ~5 us). On SQLite the caller holds the write lock (``BEGIN
+    IMMEDIATE``), so max(id)+1.. is ours; on PostgreSQL they come from the column's sequence."""
     if conn.dialect.name == "postgresql":
-        ids = sorted(
+        return sorted(
             conn.exec_driver_sql(
                 "SELECT nextval(pg_get_serial_sequence('runtime_event', 'id')) "
                 "FROM generate_series(1, %s)",
                 (n,),
             ).scalars()
         )
-        sql = _INSERT_FORMAT
-    else:
-        top = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM runtime_event").scalar()
-        ids = list(range(int(top or 0) + 1, int(top or 0) + n + 1))
-        sql = _INSERT_QMARK
-    conn.exec_driver_sql(sql, [(*row, rid) for row, rid in zip(rows, ids, strict=True)])
-    return ids
+    top = int(conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM runtime_event").scalar() or 0)
+    return list(range(top + 1, top + n + 1))
 
 
 def _to_event(row: Any) -> StoredEvent:
@@ -210,59 +205,78 @@ class EventStore:
     # writing ------------------------------------------------------------------------------
 
     def store_many(
-        self, items: Sequence[tuple[FalcoAlert, str]], *, marks: dict[int, int] | None = None
+        self, items: Sequence[tuple[FalcoAlert, str]], *, audit: AuditHook | None = None
     ) -> list[StoreResult]:
         """Store ``(alert, ingest)`` pairs in one transaction; one result per pair, in order.
-        ``marks`` (row id -> audit seq of earlier rows) are written in the same transaction."""
+
+        ``audit`` (optional) is called inside that transaction with ``(index, result)`` for
+        each newly stored row (``index`` into ``items``) and returns the audit seq of each,
+        written to the row's ``audit_seq``: events and their audit records commit together."""
         if not items:
-            if marks:
-                self.mark_audited(marks)
             return []
         for attempt in range(_RETRIES):
             try:
                 with write(self._db) as conn:
-                    self._mark(conn, marks)
-                    return self._store(conn, items)
+                    return self._store(conn, items, audit)
             except IntegrityError:
                 # another writer stored one of these ids between our read and our insert
                 log.debug("event=runtime.store.retry attempt=%d", attempt + 1)
         with write(self._db) as conn:  # last try; an error now propagates
-            self._mark(conn, marks)
-            return self._store(conn, items)
+            return self._store(conn, items, audit)
 
     def _store(
-        self, conn: Connection, items: Sequence[tuple[FalcoAlert, str]]
+        self,
+        conn: Connection,
+        items: Sequence[tuple[FalcoAlert, str]],
+        audit: AuditHook | None,
     ) -> list[StoreResult]:
         now = self._clock.now()
-        first: dict[str, tuple[FalcoAlert, str]] = {}
+        first: dict[str, int] = {}  # event id -> index of its first item
         repeats: dict[str, int] = {}
-        for alert, ingest in items:
+        for index, (alert, _ingest) in enumerate(items):
             if alert.event_id in first:
                 repeats[alert.event_id] = repeats.get(alert.event_id, 0) + 1
             else:
-                first[alert.event_id] = (alert, ingest)
+                first[alert.event_id] = index
         latest = self._latest(conn, list(first))
-        event_time = _time_param(conn)
-        now_param = event_time(now)
-        new_rows: list[tuple[Any, ...]] = []
+        new: list[tuple[int, int]] = []  # (item index, occurrence)
         bumps: dict[int, int] = {}  # row id -> duplicates to add
         outcome: dict[str, StoreResult] = {}
-        for event_id, (alert, ingest) in first.items():
+        for event_id, index in first.items():
             prior = latest.get(event_id)
             if prior is not None and now - prior[2] <= self._window:
                 row_id, occurrence = prior[0], prior[1]
                 bumps[row_id] = bumps.get(row_id, 0) + 1 + repeats.get(event_id, 0)
                 outcome[event_id] = StoreResult(event_id, "duplicate", row_id, occurrence)
                 continue
-            occurrence = 0 if prior is None else prior[1] + 1
-            new_rows.append(_row_tuple(alert, ingest, now_param, occurrence, event_time))
-        if new_rows:
-            for row_id, (event_id, occurrence) in zip(
-                _insert_rows(conn, new_rows), ((r[0], r[1]) for r in new_rows), strict=True
-            ):
-                outcome[event_id] = StoreResult(event_id, "stored", row_id, occurrence)
-                if repeats.get(event_id):
-                    bumps[row_id] = repeats[event_id]
+            new.append((index, 0 if prior is None else prior[1] + 1))
+        if new:
+            ids = _allocate_ids(conn, len(new))
+            stored = [
+                (index, StoreResult(items[index][0].event_id, "stored", row_id, occurrence))
+                for (index, occurrence), row_id in zip(new, ids, strict=True)
+            ]
+            seqs: list[int | None] = list(audit(conn, stored)) if audit else [None] * len(new)
+            if len(seqs) != len(stored):
+                raise StoreError("the audit hook returned a seq count that does not match")
+            event_time = _time_param(conn)
+            now_param = event_time(now)
+            rows = []
+            for (index, result), seq in zip(stored, seqs, strict=True):
+                alert, ingest = items[index]
+                rows.append(
+                    (
+                        *_row_tuple(alert, ingest, now_param, result.occurrence, event_time),
+                        seq,
+                        result.row_id,
+                    )
+                )
+                outcome[result.event_id] = result
+                if repeats.get(result.event_id):
+                    bumps[result.row_id] = repeats[result.event_id]
+            conn.exec_driver_sql(
+                _INSERT_FORMAT if conn.dialect.name == "postgresql" else _INSERT_QMARK, rows
+            )
         if bumps:
             conn.execute(
                 update(runtime_event)

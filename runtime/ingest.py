@@ -1,16 +1,18 @@
 """Durable ingestion: every source hands validated alerts to ``EventIngestor.submit``.
 
 ``submit(alerts, ingest)`` returns a ``Future`` that resolves to one ``StoreResult`` per alert
-once (1) the alerts are committed to ``runtime_event`` and (2) each newly stored event has a
-durable ``runtime.event`` audit record. Only then may a source acknowledge (HTTP reply, NATS
-ack, file offset). One writer thread drains the queue and stores everything waiting in one
-transaction (group commit), so concurrent single-alert POSTs cost one commit between them.
+once the alerts are committed to ``runtime_event`` together with one ``runtime.event`` audit
+record per newly stored event: rows and records are written in ONE transaction
+(``AuditLog.write_in``), so neither exists without the other. Only then may a source
+acknowledge (HTTP reply, NATS ack, file offset). One writer thread drains the queue and stores
+everything waiting in one transaction (group commit), so concurrent single-alert POSTs cost one
+commit between them.
 
 Listeners registered with ``subscribe`` receive the newly stored events (the responder
-correlates and acts on them) as soon as the events are committed and their audit records are
-queued (so the chain holds each event before any action on it); a listener error is logged,
-never raised into ingestion. A crash between the event commit and the audit commit leaves rows with
-``audit_seq`` NULL; ``recover()`` (run at start) audits them.
+correlates and acts on them) right after that commit, so the chain holds each event before
+any action on it; a listener error is logged, never raised into ingestion. Rows with
+``audit_seq`` NULL (written by releases before events and records shared a transaction) are
+audited by ``recover()``, run at start.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import Connection
+
 from runtime.events import EventStore, StoredEvent, StoreResult
 from runtime.falco import FalcoAlert
-from zerogate.audit import AuditSink, tail
-from zerogate.errors import AuditError, StoreError
+from zerogate.audit import AuditLog, tail
+from zerogate.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +94,7 @@ class EventIngestor:
     def __init__(
         self,
         store: EventStore,
-        audit: AuditSink,
+        audit: AuditLog,
         *,
         batch_max: int = 5000,
         audit_timeout_s: float = 30.0,
@@ -104,7 +108,6 @@ class EventIngestor:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._marks: dict[int, int] = {}  # row id -> audit seq, not yet written
         self.stats = {"stored": 0, "duplicate": 0, "failed_batches": 0}
 
     @property
@@ -170,19 +173,21 @@ class EventIngestor:
         done = 0
         while rows:
             seqs: dict[int, int] = {}
-            futures: dict[int, Future[int]] = {}
+            missing: list[StoredEvent] = []
             for row in rows:
                 seq = known.get(row.event_id)
                 if seq is not None and row.occurrence == 0:
                     seqs[row.row_id] = seq
                 else:
-                    futures[row.row_id] = self._audit.append(AUDIT_KIND, _recovered(row))
-            for rid, fut in futures.items():
-                seqs[rid] = fut.result(timeout=self._audit_timeout)
+                    missing.append(row)
+            if missing:
+                written = self._audit.append_many(AUDIT_KIND, [_recovered(r) for r in missing])
+                got = written.result(timeout=self._audit_timeout)
+                seqs.update(zip((r.row_id for r in missing), got, strict=True))
             self._store.mark_audited(seqs)
             done += len(rows)
             log.info(
-                "event=runtime.ingest.recovered count=%d reaudited=%d", len(rows), len(futures)
+                "event=runtime.ingest.recovered count=%d reaudited=%d", len(rows), len(missing)
             )
             rows = self._store.unaudited(limit=1000)
         return done
@@ -195,7 +200,6 @@ class EventIngestor:
             try:
                 item = self._queue.get(timeout=0.5)
             except queue.Empty:
-                self._flush_marks()
                 continue
             jobs: list[_Job] = []
             size = 0
@@ -213,75 +217,48 @@ class EventIngestor:
                     break
             if jobs:
                 self._write(jobs)
-        self._flush_marks()
-
-    def _flush_marks(self) -> None:
-        if not self._marks:
-            return
-        marks, self._marks = self._marks, {}
-        try:
-            self._store.mark_audited(marks)
-        except Exception as exc:  # recover() audits again after a restart: no loss
-            log.warning("event=runtime.ingest.mark_audited_failed error=%s", exc)
 
     def _write(self, jobs: list[_Job]) -> None:
-        items = [(alert, job.ingest) for job in jobs for alert in job.alerts]
+        flat = [(alert, job.ingest, job.trace_id) for job in jobs for alert in job.alerts]
+
+        def audit_new(conn: Connection, stored: list[tuple[int, StoreResult]]) -> list[int]:
+            # in the storing transaction: each event and its record commit together
+            return self._audit.write_in(
+                conn,
+                AUDIT_KIND,
+                [audit_payload(flat[i][0], result, flat[i][1], flat[i][2]) for i, result in stored],
+            )
+
         try:
-            # audit seqs of the previous batch ride along in this transaction
-            results = self._store.store_many(items, marks=self._marks)
-            self._marks = {}
+            results = self._store.store_many(
+                [(a, ingest) for a, ingest, _ in flat], audit=audit_new
+            )
         except Exception as exc:  # the database refused: every job in the batch fails
             self.stats["failed_batches"] += 1
             log.error("event=runtime.ingest.store_failed error=%s", exc)
-            err = StoreError(f"events could not be stored: {exc}")
+            err = StoreError(f"events could not be stored and audited: {exc}")
             for job in jobs:
                 job.future.set_exception(err)
             return
-        new: list[NewEvent] = []
-        offset = 0
-        per_job: list[list[StoreResult]] = []
-        for job in jobs:
-            mine = results[offset : offset + len(job.alerts)]
-            offset += len(job.alerts)
-            per_job.append(mine)
-            for alert, result in zip(job.alerts, mine, strict=True):
-                if result.status == "stored":
-                    new.append(NewEvent(alert, result, job.ingest, job.trace_id))
-        try:
-            # one future for the batch's records: they commit together, consecutive in the chain
-            audited = self._audit.append_many(
-                AUDIT_KIND,
-                [audit_payload(e.alert, e.result, e.ingest, e.trace_id) for e in new],
-            )
-        except Exception as exc:  # fail closed: stored but not acknowledged; recover() audits
-            self._fail(jobs, exc)
-            return
-        # The event records are queued, so any record a listener's action writes lands after
-        # them in the chain; the response need not wait for their commit (quarantining early is
-        # the safe direction). The source's acknowledgement does wait, below.
+        new = [
+            NewEvent(alert, result, ingest, trace_id)
+            for (alert, ingest, trace_id), result in zip(flat, results, strict=True)
+            if result.status == "stored"
+        ]
+        # the events and their records are durable: hand them to the responder (it only
+        # queues), then acknowledge
         if new:
             for listener in self._listeners:
                 try:
                     listener(new)
                 except Exception:
                     log.exception("event=runtime.ingest.listener_failed")
-        try:
-            seqs = audited.result(timeout=self._audit_timeout)
-        except Exception as exc:
-            self._fail(jobs, exc)
-            return
-        for job, mine in zip(jobs, per_job, strict=True):
-            job.future.set_result(mine)
+        offset = 0
+        for job in jobs:
+            job.future.set_result(results[offset : offset + len(job.alerts)])
+            offset += len(job.alerts)
         self.stats["stored"] += len(new)
         self.stats["duplicate"] += len(results) - len(new)
-        self._marks.update(zip((e.result.row_id for e in new), seqs, strict=True))
-
-    def _fail(self, jobs: list[_Job], exc: Exception) -> None:
-        self.stats["failed_batches"] += 1
-        log.error("event=runtime.ingest.audit_failed error=%s", exc)
-        audit_err = AuditError(f"audit of runtime events failed: {exc}")
-        for job in jobs:
-            job.future.set_exception(audit_err)
 
 
 def _recovered(row: StoredEvent) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from runtime.ingest import EventIngestor
 from runtime.kube import KubernetesPods
 from runtime.quarantine import QuarantineService
 from runtime.sources.nats import NatsConsumer
-from zerogate.audit import AuditSink
+from zerogate.audit import AuditLog
 from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.config import Settings
 from zerogate.store import Database
@@ -98,7 +98,7 @@ class RuntimeService:
 def open_runtime(
     settings: Settings,
     db: Database,
-    audit: AuditSink,
+    audit: AuditLog,
     *,
     policy: Any = None,
     entries: EntryRepository | None = None,

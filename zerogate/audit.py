@@ -79,10 +79,6 @@ class AuditSink(Protocol):
         """Queue a record; the future resolves to its seq once durable, or raises AuditError."""
         ...
 
-    def append_many(self, kind: str, payloads: Sequence[Mapping[str, Any]]) -> Future[list[int]]:
-        """Queue records of one kind, consecutive in the chain; one future for all their seqs."""
-        ...
-
 
 # Canonical form ---------------------------------------------------------------------------
 
@@ -413,54 +409,79 @@ class AuditLog:
     def _write_batch(
         self, batch: list[_Pending | _PendingMany], *, force_checkpoint: bool = False
     ) -> None:
+        records = [
+            (item.kind, payload)
+            for item in batch
+            for payload in (item.payloads if isinstance(item, _PendingMany) else (item.payload,))
+        ]
         try:
             with self._db.engine.connect() as raw:
                 conn = raw.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
-                    self._lock_chain(conn)
-                    head = self._read_head(conn)
-                    ts = format_ts(self._clock.now())
-                    ts_value = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-                    rows = []
-                    seq, prev = head.seq, head.hash
-                    stored_ts = self._ts_param(ts_value)
-                    for item in batch:
-                        kind = item.kind
-                        payloads = (
-                            item.payloads if isinstance(item, _PendingMany) else (item.payload,)
-                        )
-                        for payload in payloads:
-                            seq += 1
-                            digest = _record_hash(prev, seq, ts, kind, payload)
-                            rows.append((seq, stored_ts, kind, payload.decode(), prev, digest))
-                            prev = digest
-                    # driver-level executemany: the ORM-free Core path still spends ~20 us a
-                    # row on per-row type processing that one shared timestamp does not need
-                    conn.exec_driver_sql(self._insert_sql, rows)
-                    due = (
-                        force_checkpoint
-                        or seq - head.checkpoint_seq >= self._checkpoint_every
-                        or time.monotonic() - self._last_checkpoint_at >= self._checkpoint_interval
-                    )
-                    if due:
-                        self._insert_checkpoint(conn, seq, prev, ts, ts_value)
+                    first_seq, due = self._append_rows(conn, records, force_checkpoint)
         except (SQLAlchemyError, OSError) as exc:
             self._healthy = False
-            records = sum(item.size for item in batch)
-            error = AuditError(f"audit write failed, {records} record(s) not stored: {exc}")
-            log.error("event=audit.write_failed records=%d error=%s", records, exc)
+            error = AuditError(f"audit write failed, {len(records)} record(s) not stored: {exc}")
+            log.error("event=audit.write_failed records=%d error=%s", len(records), exc)
             for item in batch:
                 item.future.set_exception(error)
             return
         self._healthy = True
         self._uncheckpointed = not due
-        next_seq = head.seq + 1
+        next_seq = first_seq
         for item in batch:
             if isinstance(item, _PendingMany):
                 item.future.set_result(list(range(next_seq, next_seq + item.size)))
             else:
                 item.future.set_result(next_seq)
             next_seq += item.size
+
+    def write_in(
+        self, conn: Connection, kind: str, payloads: Sequence[Mapping[str, Any]]
+    ) -> list[int]:
+        """Append records inside the caller's open write transaction on this log's database;
+        returns their seqs. They commit, or roll back, with the caller's own rows: a
+        repository can store a row and its audit record atomically, with no window in which
+        one exists without the other. On SQLite the transaction must hold the write lock
+        (``BEGIN IMMEDIATE``: runtime.tx.write); on PostgreSQL the chain's advisory lock is
+        taken here and held until the caller commits. Chain order with the writer thread is
+        the database's commit order, as for several writer processes."""
+        self._check_kind(kind)
+        data = [canonical_payload(p, self._max_payload) for p in payloads]
+        if not data:
+            return []
+        first_seq, due = self._append_rows(conn, [(kind, d) for d in data], False)
+        if not due:
+            self._uncheckpointed = True  # the writer thread's timer signs a checkpoint later
+        return list(range(first_seq, first_seq + len(data)))
+
+    def _append_rows(
+        self, conn: Connection, records: list[tuple[str, bytes]], force_checkpoint: bool
+    ) -> tuple[int, bool]:
+        """Chain ``records`` onto the head in ``conn``'s transaction; (first seq, checkpointed)."""
+        self._lock_chain(conn)
+        head = self._read_head(conn)
+        ts = format_ts(self._clock.now())
+        ts_value = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        rows = []
+        seq, prev = head.seq, head.hash
+        stored_ts = self._ts_param(ts_value)
+        for kind, payload in records:
+            seq += 1
+            digest = _record_hash(prev, seq, ts, kind, payload)
+            rows.append((seq, stored_ts, kind, payload.decode(), prev, digest))
+            prev = digest
+        # driver-level executemany: the ORM-free Core path still spends ~20 us a row on
+        # per-row type processing that one shared timestamp does not need
+        conn.exec_driver_sql(self._insert_sql, rows)
+        due = (
+            force_checkpoint
+            or seq - head.checkpoint_seq >= self._checkpoint_every
+            or time.monotonic() - self._last_checkpoint_at >= self._checkpoint_interval
+        )
+        if due:
+            self._insert_checkpoint(conn, seq, prev, ts, ts_value)
+        return head.seq + 1, due
 
     def _insert_checkpoint(
         self, conn: Connection, seq: int, hash_: bytes, ts: str, ts_value: datetime

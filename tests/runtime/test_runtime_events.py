@@ -6,12 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from runtime_corpus import corpus_alerts, corpus_raw
 
 from runtime.events import EventStore
 from runtime.falco import parse_alert
 from runtime.ingest import EventIngestor
-from zerogate.audit import AuditLog, tail
+from zerogate.audit import AuditLog, tail, verify
 from zerogate.clock import ManualClock
 from zerogate.store import Database
 
@@ -77,10 +78,35 @@ def test_ingestor_audits_every_stored_event_and_not_duplicates(
     runtime_audit.flush()
     records = [r for r in tail(database, n=1000) if r.kind == "runtime.event"]
     assert sorted(r.payload["event_id"] for r in records) == sorted(r.event_id for r in results)
-    ingestor.close()  # audit seqs are written with the next batch, on idle, or at close
+    # each row carries its record's seq from the moment it is acknowledged
     rows = ingestor.store.get_rows([r.row_id for r in results])
-    assert all(row.audit_seq is not None for row in rows)
+    by_seq = {r.seq: r for r in records}
+    assert all(by_seq[row.audit_seq].payload["event_id"] == row.event_id for row in rows)
     assert ingestor.store.unaudited() == []
+
+
+def test_events_and_their_audit_records_commit_together(
+    event_store: EventStore, runtime_audit: AuditLog, database: Database
+) -> None:
+    """A failure while writing the records rolls the events back: never one without the other."""
+    alerts = corpus_alerts()[:5]
+
+    def failing_hook(conn: Any, stored: list[Any]) -> list[int]:
+        runtime_audit.write_in(conn, "runtime.event", [{"n": i} for i in range(len(stored))])
+        raise RuntimeError("disk full while auditing")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        event_store.store_many([(a, "http") for a in alerts], audit=failing_hook)
+    runtime_audit.flush()
+    assert event_store.count() == 0
+    assert [r for r in tail(database, n=100) if r.kind == "runtime.event"] == []
+    ingestor = EventIngestor(event_store, runtime_audit)
+    try:
+        results = ingestor.ingest(alerts, "http")
+    finally:
+        ingestor.close()
+    assert [r.status for r in results] == ["stored"] * 5
+    assert verify(database, runtime_audit.public_key).ok
 
 
 def test_listeners_see_only_new_events(ingestor: EventIngestor) -> None:
