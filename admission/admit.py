@@ -12,7 +12,11 @@ AdmissionReview to send back (or raise ``ReviewError`` for a malformed one: HTTP
   constraint (``[name] message``), as Gatekeeper's webhook answers.
 - Deadline: evaluation runs in a worker thread; past ``timeout_s`` (or on an engine or audit
   error) the failure mode applies: ``deny`` with a message, or ``allow`` with a warning; both
-  are audited. The caller never waits longer than the deadline.
+  are audited. The caller never waits longer than the deadline. The evaluation pool has
+  ``eval_workers`` threads (default ``eval_parallelism()``: one per CPU, 2 to 4): the engines
+  run native code outside the GIL, so more threads than cores only queue on the engines'
+  locks and the GIL (more CPU per review, not more reviews/s); a review still queued at its
+  deadline is never evaluated.
 - ``dryRun`` requests are evaluated like any other and change nothing outside the answer
   (nothing in zerogate has side effects on admission besides the audit record).
 """
@@ -29,7 +33,7 @@ from typing import Any, Literal
 
 from opentelemetry.metrics import Meter, NoOpMeter
 
-from admission.gatekeeper import GatekeeperSet
+from admission.gatekeeper import GatekeeperSet, eval_parallelism
 from admission.mutate import DEFAULT_SOCKET, injection_patch
 from admission.review import API_VERSION, AdmissionRequest, AdmissionResponse, parse_review
 from policy.engine import Decision
@@ -73,6 +77,7 @@ class Admitter:
         failure_mode: Literal["deny", "allow"] = "deny",
         socket_path: str = DEFAULT_SOCKET,
         meter: Meter | None = None,
+        eval_workers: int | None = None,
     ) -> None:
         self.native = native
         self.gatekeeper = gatekeeper
@@ -81,7 +86,11 @@ class Admitter:
         self.mutate_timeout_s = mutate_timeout_s
         self.failure_mode = failure_mode
         self.socket_path = socket_path
-        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="admission-native")
+        workers = eval_workers or eval_parallelism()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="admission-eval")
+        self._native_pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="admission-native"
+        )
         meter = meter or NoOpMeter("zerogate.admission")
         # names as Gatekeeper's pkg/webhook/stats_reporter.go
         self._requests = meter.create_counter(
@@ -114,7 +123,7 @@ class Admitter:
         pending: Future[Decision] | None = None
         if self.native is not None:
             doc = {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": req.raw}
-            pending = self._pool.submit(self.native, NATIVE_PATH, doc)
+            pending = self._native_pool.submit(self.native, NATIVE_PATH, doc)
         try:
             violations = self.gatekeeper.review(req.raw)[0] if self.gatekeeper else []
         finally:
@@ -174,7 +183,9 @@ class Admitter:
         self, req: AdmissionRequest, run: Callable[[AdmissionRequest], Outcome], timeout: float
     ) -> tuple[AdmissionResponse, Outcome, str | None]:
         try:
-            outcome = await asyncio.wait_for(asyncio.to_thread(run, req), timeout)
+            outcome = await asyncio.wait_for(
+                asyncio.wrap_future(self._pool.submit(run, req)), timeout
+            )
         except TimeoutError:
             return self._failure(req, f"policy evaluation exceeded its {timeout:g}s deadline")
         except Exception as exc:  # fail closed: any engine error takes the failure mode

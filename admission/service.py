@@ -16,7 +16,7 @@ from fastapi import APIRouter
 from opentelemetry.metrics import Meter
 
 from admission.admit import Admitter, NativeDecide
-from admission.gatekeeper import GatekeeperSet, default_engine
+from admission.gatekeeper import GatekeeperSet, serving_engine
 from admission.mutate import DEFAULT_SOCKET
 from admission.objects import ObjectStore, load_active
 from admission.webhook import router
@@ -41,7 +41,7 @@ class AdmissionService:
         db: Database | None = None,
         meter: Meter | None = None,
         socket_path: str = DEFAULT_SOCKET,
-        engine_factory: Callable[[], PolicyEngine] = default_engine,
+        engine_factory: Callable[[], PolicyEngine] = serving_engine,
     ) -> None:
         self.settings = settings
         self.store = ObjectStore(db) if db is not None else None

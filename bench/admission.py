@@ -1,17 +1,38 @@
 """Admission webhook throughput and latency over HTTPS: everything loaded vs nothing loaded.
 
-    .venv/bin/python bench/admission.py [--requests 2000] [--concurrency 16]
+    .venv/bin/python bench/admission.py [--requests 2000] [--concurrency 16] [--rate 250]
 
 Two configurations, measured in the same run, each served by its own server process
-(uvicorn on zerogate's TLS listener pieces, one worker, like ``zerogate serve``):
+(uvicorn on zerogate's TLS listener pieces, one worker, on the event loop and HTTP protocol
+``zerogate serve`` uses: ``zerogate.server.run_loop`` (uvloop) and
+``zerogate.tls.PeerCertProtocol`` (httptools)):
 
-- ``empty``: no native policy, no Gatekeeper templates (the transport + AdmissionReview cost);
+- ``empty``: no native policy, no Gatekeeper templates (the transport + AdmissionReview +
+  audit cost);
 - ``full``: the shipped ``rego/`` policies (``zerogate.admission``) plus the 20 Gatekeeper
   library templates in tests/admission/gatekeeper-library, one constraint each, every
   constraint scoped to the kinds its template judges (13 of them match a Pod).
 
-The client sends real AdmissionReviews (tests/admission/payloads: a compliant pod, a denied
-pod) over keep-alive HTTPS connections and prints reviews/s, p50 and p99, and the ratios.
+Both write one audit record per decision, as production does: a ``zerogate.audit.AuditLog``
+(group commit, hash chain, signed checkpoints) on a SQLite file in the temporary directory.
+
+The client sends real AdmissionReviews (tests/admission/payloads: a compliant pod and a denied
+pod, alternating) over keep-alive HTTPS connections (a lean asyncio client with pre-encoded
+requests, so that the server is what is measured) in two phases:
+
+1. **saturation** (closed loop): ``--concurrency`` connections, each sending its next review
+   as soon as the previous answer arrives. Gives the throughput (reviews/s) and the latency
+   at that load (p50/p99 from send to answer; p99 here is mostly queueing:
+   ``concurrency / throughput``).
+2. **fixed rate** (open loop): reviews are due on a fixed schedule (``--rate`` per second,
+   default 250 = half the issue's 500/s target), whether earlier ones have been answered or
+   not, each on an idle keep-alive connection (a new one is opened when none is idle).
+   Latency is measured from the *scheduled* send time, so a stalled server or client is
+   charged for every review that should have gone out meanwhile (no coordinated omission).
+   Reports p50/p99 and the rate actually achieved.
+
+Prints both phases for both configurations and the full/empty ratios (the machine is shared:
+compare ratios within one run rather than absolute figures across runs).
 """
 
 from __future__ import annotations
@@ -21,7 +42,6 @@ import asyncio
 import datetime as dt
 import json
 import os
-import socket
 import ssl
 import statistics
 import subprocess
@@ -75,7 +95,13 @@ def _issue(tmp: Path) -> tuple[Path, Path, Path]:
 
 
 def _full_gatekeeper() -> Any:
-    from admission.gatekeeper import GatekeeperSet, load_objects, parse_constraint, parse_template
+    from admission.gatekeeper import (
+        GatekeeperSet,
+        load_objects,
+        parse_constraint,
+        parse_template,
+        serving_engine,
+    )
 
     templates = [
         parse_template(o, source=s)
@@ -123,7 +149,7 @@ def _full_gatekeeper() -> Any:
                 }
             )
         )
-    gk = GatekeeperSet()
+    gk = GatekeeperSet(serving_engine())  # as AdmissionService builds it
     errors = gk.replace(out_t, out_c)
     assert not errors, errors
     return gk
@@ -133,12 +159,14 @@ def serve(config: str, port_file: Path, cert: Path, key: Path) -> None:
     import uvicorn
     from fastapi import FastAPI
 
+    import zerogate.server as zserver
+    import zerogate.tls as ztls
     from admission.admit import Admitter
     from admission.webhook import router
     from policy.opa_embedded import OpaEmbeddedEngine
     from policy.sources import load_directory
-    from zerogate.server import _QuietServer, bind_socket
-    from zerogate.tls import PeerCertH11Protocol, ServerTLS
+    from zerogate.audit import AuditLog
+    from zerogate.store import Database
 
     native = None
     gk = None
@@ -148,33 +176,46 @@ def serve(config: str, port_file: Path, cert: Path, key: Path) -> None:
         engine.load(dict(sources.modules), dict(sources.data))
         native = engine.evaluate
         gk = _full_gatekeeper()
+    # one audit record per decision, as in production (group commit on SQLite)
+    db = Database.open(f"sqlite:///{port_file.parent / f'audit-{config}.db'}")
+    audit = AuditLog.open(db, signing_key=port_file.parent / f"audit-{config}.key")
     app = FastAPI()
-    app.include_router(router(Admitter(native=native, gatekeeper=gk, audit=None)))
-    tls = ServerTLS(cert.read_bytes(), key.read_bytes(), None)
-    sock = bind_socket("bench", "127.0.0.1", 0)
-    # zerogate.server.bind_socket creates the socket with proto 0, so asyncio does not set
-    # TCP_NODELAY on accepted connections (Nagle + delayed ACK: ~40 ms per response).
-    # Accepted sockets inherit the option from the listener: set it here (reported upstream).
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    server = _QuietServer(
+    app.include_router(router(Admitter(native=native, gatekeeper=gk, audit=audit)))
+    tls = ztls.ServerTLS(cert.read_bytes(), key.read_bytes(), None)
+    sock = zserver.bind_socket("bench", "127.0.0.1", 0)
+    # what `zerogate serve` runs: httptools protocol and uvloop where installed (older
+    # kernels: h11 and asyncio's loop)
+    protocol = getattr(ztls, "PeerCertProtocol", ztls.PeerCertH11Protocol)
+    run_loop = getattr(zserver, "run_loop", asyncio.run)
+    server = zserver._QuietServer(
         uvicorn.Config(
             app,
             log_config=None,
             lifespan="off",
             ssl_context_factory=tls.uvicorn_factory(),
-            http=PeerCertH11Protocol,
+            http=protocol,
             access_log=False,
         )
     )
+    print(
+        f"serve config={config} http={protocol.__name__} loop={run_loop.__module__}",
+        file=sys.stderr,
+    )
     port_file.write_text(str(sock.getsockname()[1]))
-    asyncio.run(server.serve(sockets=[sock]))
+    try:
+        run_loop(server.serve(sockets=[sock]))
+    finally:
+        audit.close()
+        db.close()
 
 
-async def _post(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> dict[str, Any]:
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _post(conn: Conn, request: bytes) -> bool:
     """One keep-alive HTTP/1.1 exchange on an open TLS stream (a lean client, so that the
-    server, not the client, is what is measured)."""
+    server, not the client, is what is measured); returns ``response.allowed``."""
+    reader, writer = conn
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0
@@ -186,47 +227,118 @@ async def _post(
     if status != 200:
         raise RuntimeError(f"HTTP {status}: {body[:200]!r}")
     doc: dict[str, Any] = json.loads(body)
-    return doc
+    return bool(doc["response"]["allowed"])
 
 
-async def load(
-    port: int, ca: Path, total: int, concurrency: int
-) -> tuple[float, list[float], dict[str, int]]:
-    requests = []
-    for name in ("pod-allowed.json", "pod-denied.json"):
-        body = (PAYLOADS / name).read_bytes()
-        requests.append(
-            b"POST /admission/validate HTTP/1.1\r\nHost: localhost\r\n"
-            b"Content-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
+class Client:
+    """Pre-encoded requests and keep-alive TLS connections to one server."""
+
+    def __init__(self, port: int, ca: Path) -> None:
+        self.port = port
+        self.ctx = ssl.create_default_context(cafile=str(ca))
+        self.requests = []
+        for name in ("pod-allowed.json", "pod-denied.json"):
+            body = (PAYLOADS / name).read_bytes()
+            self.requests.append(
+                b"POST /admission/validate HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        self.idle: list[Conn] = []
+
+    async def connect(self, warm: int) -> Conn:
+        conn = await asyncio.open_connection(
+            "127.0.0.1", self.port, ssl=self.ctx, server_hostname="localhost"
         )
-    ctx = ssl.create_default_context(cafile=str(ca))
+        for i in range(warm):  # warm up: prepared queries, TLS session
+            await _post(conn, self.requests[i % 2])
+        return conn
+
+    async def open(self, n: int, warm: int) -> None:
+        self.idle += [await self.connect(warm) for _ in range(n - len(self.idle))]
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle = []
+
+
+Phase = tuple[float, list[float], dict[str, int]]
+
+
+async def saturate(client: Client, total: int, concurrency: int) -> Phase:
+    """Closed loop: ``concurrency`` connections, each sending as soon as it is answered."""
+    await client.open(concurrency, 20)
     latencies: list[float] = []
     outcomes = {"allowed": 0, "denied": 0}
-    conns = [
-        await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
-        for _ in range(concurrency)
-    ]
-    for reader, writer in conns:  # warm up: prepared queries, TLS sessions
-        for i in range(20):
-            await _post(reader, writer, requests[i % 2])
     queue = list(range(total))
 
-    async def worker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def worker(conn: Conn) -> None:
         while queue:
             i = queue.pop()
             t0 = time.perf_counter()
-            doc = await _post(reader, writer, requests[i % 2])
+            allowed = await _post(conn, client.requests[i % 2])
             latencies.append(time.perf_counter() - t0)
-            outcomes["allowed" if doc["response"]["allowed"] else "denied"] += 1
+            outcomes["allowed" if allowed else "denied"] += 1
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker(r, w) for r, w in conns))
+    await asyncio.gather(*(worker(c) for c in client.idle[:concurrency]))
     elapsed = time.perf_counter() - start
-    for _, writer in conns:
-        writer.close()
     return total / elapsed, latencies, outcomes
+
+
+async def fixed_rate(client: Client, total: int, rate: float, pool: int) -> Phase:
+    """Open loop: review ``i`` is due at ``start + i / rate`` and goes out on an idle one of
+    ``pool`` keep-alive connections; its latency runs from that scheduled time to its answer,
+    so time spent waiting for a connection, for the client's loop or for the server all
+    counts (no coordinated omission)."""
+    await client.open(pool, 2)
+    idle: asyncio.Queue[Conn] = asyncio.Queue()
+    for conn in client.idle:
+        idle.put_nowait(conn)
+    latencies: list[float] = []
+    outcomes = {"allowed": 0, "denied": 0}
+
+    async def one(i: int, due: float) -> None:
+        conn = await idle.get()
+        allowed = await _post(conn, client.requests[i % 2])
+        latencies.append(time.perf_counter() - due)
+        outcomes["allowed" if allowed else "denied"] += 1
+        idle.put_nowait(conn)
+
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter() + 0.05
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    return total / elapsed, latencies, outcomes
+
+
+async def load(port: int, ca: Path, args: argparse.Namespace) -> tuple[Phase, Phase]:
+    client = Client(port, ca)
+    try:
+        sat = await saturate(client, args.requests, args.concurrency)
+        fixed = await fixed_rate(client, args.requests, args.rate, args.pool)
+    finally:
+        client.close()
+    return sat, fixed
+
+
+def _figures(phase: Phase) -> dict[str, Any]:
+    rps, lat, outcomes = phase
+    lat = sorted(lat)
+    return {
+        "reviews_per_s": rps,
+        "p50_ms": statistics.median(lat) * 1000,
+        "p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000,
+        "outcomes": outcomes,
+    }
 
 
 def run(
@@ -255,28 +367,22 @@ def run(
                 raise SystemExit(f"{config} server did not start")
             time.sleep(0.1)
         time.sleep(0.5)
-        rps, lat, outcomes = asyncio.run(
-            load(int(port_file.read_text()), ca, args.requests, args.concurrency)
-        )
+        sat, fixed = asyncio.run(load(int(port_file.read_text()), ca, args))
     finally:
         proc.terminate()
         proc.wait(10)
-    lat.sort()
-    return {
-        "config": config,
-        "reviews_per_s": rps,
-        "p50_ms": statistics.median(lat) * 1000,
-        "p99_ms": lat[int(len(lat) * 0.99) - 1] * 1000,
-        "outcomes": outcomes,
-    }
+    return {"config": config, "saturation": _figures(sat), "fixed": _figures(fixed)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=2000, help="reviews per phase")
+    parser.add_argument("--concurrency", type=int, default=16, help="saturation connections")
+    parser.add_argument("--rate", type=float, default=250.0, help="fixed-rate reviews/s")
+    parser.add_argument("--pool", type=int, default=64, help="fixed-rate connections")
+    parser.add_argument("--configs", default="empty,full", help="comma-separated")
     parser.add_argument("--serve", choices=["empty", "full"])
     parser.add_argument("--port-file", type=Path)
     parser.add_argument("--cert", type=Path)
@@ -288,16 +394,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         ca, cert, key = _issue(tmp)
-        results = [run(c, args, tmp, ca, cert, key) for c in ("empty", "full")]
-    print(f"{'config':<8} {'reviews/s':>10} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
+        results = [run(c, args, tmp, ca, cert, key) for c in args.configs.split(",")]
+    print(f"{'config':<7} {'phase':<22} {'reviews/s':>9} {'p50 ms':>8} {'p99 ms':>8}  outcomes")
+    phases = {
+        "saturation": f"saturation c={args.concurrency}",
+        "fixed": f"fixed {args.rate:g}/s",
+    }
     for r in results:
-        figures = f"{r['reviews_per_s']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
-        print(f"{r['config']:<8} {figures}  {r['outcomes']}")
-    empty, full = results
-    print(
-        f"ratio full/empty: throughput {full['reviews_per_s'] / empty['reviews_per_s']:.2f}x, "
-        f"p50 {full['p50_ms'] / empty['p50_ms']:.2f}x, p99 {full['p99_ms'] / empty['p99_ms']:.2f}x"
-    )
+        for phase, label in phases.items():
+            f = r[phase]
+            figures = f"{f['reviews_per_s']:>9.0f} {f['p50_ms']:>8.2f} {f['p99_ms']:>8.2f}"
+            print(f"{r['config']:<7} {label:<22} {figures}  {f['outcomes']}")
+    if len(results) == 2:
+        empty, full = (r["saturation"] for r in results)
+        fe, ff = (r["fixed"] for r in results)
+        print(
+            f"ratio full/empty: saturation throughput "
+            f"{full['reviews_per_s'] / empty['reviews_per_s']:.2f}x, "
+            f"p50 {full['p50_ms'] / empty['p50_ms']:.2f}x, "
+            f"p99 {full['p99_ms'] / empty['p99_ms']:.2f}x; fixed rate "
+            f"p50 {ff['p50_ms'] / fe['p50_ms']:.2f}x, p99 {ff['p99_ms'] / fe['p99_ms']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

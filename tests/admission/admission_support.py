@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +20,7 @@ from admission.gatekeeper import (
 )
 from admission.webhook import router
 from zerogate.server import Listener, _QuietServer, bind_socket
-from zerogate.tls import PeerCertH11Protocol, ServerTLS
+from zerogate.tls import PeerCertProtocol, ServerTLS
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
@@ -59,14 +58,12 @@ async def serve_webhook(
     tls = ServerTLS(chain_pem, key_pem, None)
     listener = Listener("admission", app, "127.0.0.1", 0, tls)
     sock = bind_socket(listener.what, listener.host, listener.port)
-    # accepted sockets inherit TCP_NODELAY (bind_socket's proto-0 socket makes asyncio skip it)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     config = uvicorn.Config(
         listener.app,
         log_config=None,
         lifespan="off",
         ssl_context_factory=tls.uvicorn_factory(),
-        http=PeerCertH11Protocol,
+        http=PeerCertProtocol,  # as zerogate serve: httptools where installed
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -5,6 +5,7 @@ record of every decision; metrics under Gatekeeper's names."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -19,8 +20,9 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from admission.admit import AUDIT_KIND, Admitter
-from admission.gatekeeper import ConstraintTemplate, GatekeeperSet
+from admission.gatekeeper import ConstraintTemplate, GatekeeperSet, serving_engine
 from admission.mutate import ENV_NAME
+from admission.webhook import MAX_BODY_BYTES
 from policy.opa_embedded import OpaEmbeddedEngine
 from zerogate.audit import AuditLog, tail
 from zerogate.store import Database
@@ -31,23 +33,30 @@ def payload(name: str) -> dict[str, Any]:
     return doc
 
 
+def _deny_constraints() -> list[Any]:
+    """The deny-mode constraints both Gatekeeper sets of this module load."""
+    return [
+        constraint(
+            "K8sRequiredLabels",
+            "must-have-owner",
+            match={"kinds": [{"apiGroups": ["*"], "kinds": ["Pod", "Deployment"]}]},
+            parameters={"labels": [{"key": "owner"}]},
+        ),
+        constraint(
+            "K8sPSPHostNamespace",
+            "no-host-namespace",
+            match={"kinds": [{"apiGroups": [""], "kinds": ["Pod"]}]},
+        ),
+    ]
+
+
 @pytest.fixture
 def gatekeeper(library_templates: list[ConstraintTemplate]) -> Any:
     gk = GatekeeperSet(OpaEmbeddedEngine())
     errors = gk.replace(
         library_templates,
         [
-            constraint(
-                "K8sRequiredLabels",
-                "must-have-owner",
-                match={"kinds": [{"apiGroups": ["*"], "kinds": ["Pod", "Deployment"]}]},
-                parameters={"labels": [{"key": "owner"}]},
-            ),
-            constraint(
-                "K8sPSPHostNamespace",
-                "no-host-namespace",
-                match={"kinds": [{"apiGroups": [""], "kinds": ["Pod"]}]},
-            ),
+            *_deny_constraints(),
             constraint(
                 "K8sRequiredLabels",
                 "should-have-team",
@@ -443,3 +452,54 @@ async def test_metrics_use_gatekeeper_names(
     }
     assert by_constraint[("K8sPSPHostNamespace/no-host-namespace", "deny")] == 1
     assert by_constraint[("zerogate.admission", "deny")] == 5
+
+
+async def test_http_contract_of_the_routes(native_engine: OpaEmbeddedEngine) -> None:
+    """What kube-apiserver (and a person with curl) sees besides the review itself: JSON
+    content type, 413 for an oversized body, 405 for another method, non-ASCII kept."""
+    async with serve_webhook(admitter(native_engine, None, None)) as http:
+        review = payload("k8s-docs-scale-update.json")
+        review["request"]["name"] = "größe"
+        r = await http.post("/admission/validate", json=review)
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/json"
+        assert int(r.headers["content-length"]) == len(r.content)
+        assert r.json()["response"]["allowed"] is True
+
+        r = await http.post("/admission/mutate", content=b"{}")
+        assert r.status_code == 400
+        assert r.headers["content-type"] == "application/json"
+
+        too_big = b" " * (MAX_BODY_BYTES + 1)
+        for path in ("/admission/validate", "/admission/mutate"):
+            r = await http.post(path, content=too_big)
+            assert r.status_code == 413
+            assert r.json() == {
+                "code": "invalid_admission_review",
+                "message": f"body exceeds {MAX_BODY_BYTES} bytes",
+            }
+            r = await http.get(path)
+            assert r.status_code == 405
+
+
+async def test_concurrent_reviews_answer_like_sequential_ones(
+    native_engine: OpaEmbeddedEngine, library_templates: list[ConstraintTemplate]
+) -> None:
+    """Reviews evaluated at once on the worker pool and the engine instances (one OPA
+    instance per worker) get exactly the answers they get one at a time."""
+    gk = GatekeeperSet(serving_engine())  # one OPA instance per evaluation worker
+    try:
+        assert gk.replace(library_templates, _deny_constraints()) == {}
+        a = admitter(native_engine, gk, None)
+        names = [
+            "pod-allowed.json",
+            "pod-denied.json",
+            "pod-warned.json",
+            "gatekeeper-docs-deployment-create.json",
+        ]
+        bodies = [(PAYLOADS / n).read_bytes() for n in names]
+        alone = [await a.validate(b) for b in bodies]
+        together = await asyncio.gather(*(a.validate(b) for b in bodies * 8))
+        assert list(together) == alone * 8
+    finally:
+        gk.close()
