@@ -57,7 +57,7 @@ async def _caller(request: Request) -> str | None:
 
 def _app(rt: Any) -> FastAPI:
     app = FastAPI()
-    app.include_router(rt.router(caller=_caller))
+    rt.install(app, caller=_caller)  # as zerogate.wiring does
     return app
 
 

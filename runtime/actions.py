@@ -28,7 +28,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
@@ -43,7 +43,7 @@ from runtime.errors import ActionError
 from runtime.events import EventStore
 from runtime.falco import jcs_safe
 from runtime.ingest import NewEvent, workload_key
-from runtime.quarantine import QuarantineService
+from runtime.quarantine import QuarantineService, log_audit_failure
 from zerogate.audit import AuditSink
 from zerogate.clock import SYSTEM_CLOCK, Clock
 
@@ -325,6 +325,7 @@ class Responder:
                 event_id=event.result.event_id,
                 created_by="policy",
                 trace_id=event.trace_id,
+                wait_audit=False,
             )
         elif kind == "revoke":
             if self._entries is None:
@@ -378,8 +379,9 @@ class Responder:
             outcome.outcome,
             base.get("rule"),
         )
-        fut: Future[int] = self._audit.append(AUDIT_KIND, payload)
-        fut.result(timeout=30)
+        # not waited on: the next event's response must not queue behind this record's commit
+        # (the chain order is the append order either way); a failure is logged
+        self._audit.append(AUDIT_KIND, payload).add_done_callback(log_audit_failure)
 
 
 class _Skip(Exception):

@@ -121,12 +121,17 @@ class FalcoAlert:
     the same error messages (the field named, as ``InvalidAlertError.field``)."""
 
     __slots__ = (
+        "container_id",
         "event_id",
         "hostname",
+        "k8s_ns",
+        "k8s_pod",
+        "k8s_pod_uid",
         "output",
         "output_fields",
         "priority",
         "raw",
+        "received",
         "rule",
         "source",
         "tags",
@@ -148,7 +153,14 @@ class FalcoAlert:
     timestamp: datetime  # ``time`` as an aware UTC datetime (microsecond precision)
     time_ns: int  # ``time`` as exact nanoseconds since the Unix epoch
     raw: dict[str, Any]  # the alert exactly as received (a parsed JSON object)
+    received: str | None  # its JSON text, when it arrived as text of its own
     event_id: str
+    # the workload fields (output fields k8s.ns.name, k8s.pod.name, k8s.pod.uid, container.id
+    # through field_str), read once at parse time: storage, correlation and audit all use them
+    k8s_ns: str | None
+    k8s_pod: str | None
+    k8s_pod_uid: str | None
+    container_id: str | None
 
     def __repr__(self) -> str:
         return f"FalcoAlert(rule={self.rule!r}, priority={self.priority.label}, id={self.event_id})"
@@ -165,25 +177,15 @@ class FalcoAlert:
             return value
         return None
 
-    @property
-    def k8s_ns(self) -> str | None:
-        return self.field_str("k8s.ns.name")
-
-    @property
-    def k8s_pod(self) -> str | None:
-        return self.field_str("k8s.pod.name")
-
-    @property
-    def k8s_pod_uid(self) -> str | None:
-        return self.field_str("k8s.pod.uid")
-
-    @property
-    def container_id(self) -> str | None:
-        return self.field_str("container.id")
-
     def canonical(self) -> bytes:
         """The raw alert as canonical JSON bytes (sorted keys, exact integers)."""
         return canonical_json(self.raw)
+
+    def stored_text(self) -> str:
+        """What ``runtime_event.raw`` holds: the JSON text as received when the alert came
+        as a text of its own (an NDJSON line, a single-alert body, a file line, a NATS
+        message), else the canonical form (an item of a JSON array)."""
+        return self.received if self.received is not None else self.canonical().decode("utf-8")
 
 
 def _check_time(value: object) -> tuple[datetime, int]:
@@ -375,7 +377,12 @@ def parse_alert(data: object) -> FalcoAlert:
     except ValueError as exc:
         raise InvalidAlertError(field, str(exc)) from None
     alert.raw = data
+    alert.received = None
     alert.event_id = event_id_of(data, alert.uuid)
+    alert.k8s_ns = alert.field_str("k8s.ns.name")
+    alert.k8s_pod = alert.field_str("k8s.pod.name")
+    alert.k8s_pod_uid = alert.field_str("k8s.pod.uid")
+    alert.container_id = alert.field_str("container.id")
     return alert
 
 
@@ -383,13 +390,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one, not one per json.loads
+
+
 def parse_alert_json(text: str | bytes) -> FalcoAlert:
-    """Decode and validate one alert from JSON text."""
-    return parse_alert(decode_json(text))
-
-
-def decode_json(text: str | bytes) -> Any:
-    """Strict JSON decode (no NaN/Infinity); InvalidAlertError with line/column on failure."""
+    """Decode and validate one alert from JSON text; the text is kept as ``received`` (what
+    the events table stores, so the alert is not serialised again)."""
     if isinstance(text, bytes):
         # RFC 8259 section 8.1: JSON exchanged between systems MUST be UTF-8 (json.loads
         # would otherwise guess UTF-16/32 from the first bytes).
@@ -397,8 +403,20 @@ def decode_json(text: str | bytes) -> Any:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise InvalidAlertError("", f"body is not UTF-8: {exc.reason}") from None
+    alert = parse_alert(decode_json(text))
+    alert.received = text.strip()
+    return alert
+
+
+def decode_json(text: str | bytes) -> Any:
+    """Strict JSON decode (no NaN/Infinity); InvalidAlertError with line/column on failure."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")  # RFC 8259 section 8.1: UTF-8 only
+        except UnicodeDecodeError as exc:
+            raise InvalidAlertError("", f"body is not UTF-8: {exc.reason}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidAlertError(
             "", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"

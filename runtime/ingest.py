@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
@@ -39,8 +39,7 @@ Listener = Callable[[list["NewEvent"]], None]
 _STOP = object()
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
+class NewEvent(NamedTuple):
     """A newly stored event handed to listeners."""
 
     alert: FalcoAlert

@@ -36,6 +36,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -185,6 +186,13 @@ class Subscribers:
                 log.exception("event=runtime.quarantine.subscriber_failed")
 
 
+def log_audit_failure(written: Future[int]) -> None:
+    """Done-callback for audit records nobody waits on: a failure is logged, never lost."""
+    exc = written.exception()
+    if exc is not None:
+        log.error("event=runtime.audit_failed error=%s", exc)
+
+
 class QuarantineService:
     """Writes quarantines and serves the fast in-memory view of the active ones."""
 
@@ -246,8 +254,15 @@ class QuarantineService:
         event_id: str | None = None,
         created_by: str = "policy",
         trace_id: str | None = None,
+        wait_audit: bool = True,
     ) -> QuarantineRecord:
         """Quarantine ``spiffe_id`` for ``ttl_s`` seconds (default runtime.quarantine_ttl_s).
+
+        The quarantine is enforced before its audit record is written (it only denies);
+        ``wait_audit`` then waits for that record to be durable (CLI and API callers: a
+        failure raises AuditError). The responder passes False: its next event must not wait
+        behind this one's record; a failure is logged and the audit log reports itself
+        unhealthy.
 
         An ID already quarantined keeps its record when that one lasts at least as long;
         otherwise a new record with the later expiry replaces it."""
@@ -290,7 +305,7 @@ class QuarantineService:
         )
         # enforce first (a quarantine only denies), then wait for its audit record
         self._apply(QuarantineChange("added", record, revision))
-        self._audit_change("added", record, trace_id)
+        self._audit_change("added", record, trace_id, wait=wait_audit)
         return record
 
     def release(self, spiffe_id: str, *, released_by: str = "cli") -> QuarantineRecord:
@@ -384,13 +399,19 @@ class QuarantineService:
             self._revision = max(self._revision, change.revision)
         self._subscribers.emit(change)
 
-    def _audit_change(self, action: str, record: QuarantineRecord, trace_id: str | None) -> None:
+    def _audit_change(
+        self, action: str, record: QuarantineRecord, trace_id: str | None, *, wait: bool = True
+    ) -> None:
         if self._audit is None:
             return
         payload: dict[str, Any] = {"action": action, **record.to_json()}
         if trace_id:
             payload["trace_id"] = trace_id
-        self._audit.append(AUDIT_KIND, payload).result(timeout=30)
+        written = self._audit.append(AUDIT_KIND, payload)
+        if wait:
+            written.result(timeout=30)
+        else:
+            written.add_done_callback(log_audit_failure)
 
     # revision watch (writes by other processes) -------------------------------------------
 

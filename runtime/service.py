@@ -2,7 +2,7 @@
 
     rt = open_runtime(settings, db, audit, policy=policy,
                       entries=identity.entries, denylist=identity.deny_list)
-    app.include_router(rt.router(caller=mtls_caller(identity, clock)))  # /v1/runtime/...
+    rt.install(app, caller=mtls_caller(identity, clock))  # /v1/runtime/... + the fast path
     gate = AnyGate(identity.deny_list, rt.quarantine)      # identity.workload_cache gate
     rt.quarantine.subscribe(lambda change: ...)            # e.g. wake Workload API streams
     inference gets rt.quarantine (a runtime.quarantine.QuarantineView)
@@ -18,12 +18,20 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, FastAPI
 
 from identity.denylist import DenyList
 from identity.entries import EntryRepository
 from runtime.actions import Responder, WebhookAlerter
-from runtime.api import Caller, SubmitAuthorizer, allow_list, policy_authorizer, router
+from runtime.api import (
+    Caller,
+    SubmitAuthorizer,
+    SubmitFastPath,
+    allow_list,
+    policy_authorizer,
+    router,
+    submit_endpoint,
+)
 from runtime.correlate import Correlator
 from runtime.events import EventStore
 from runtime.ingest import EventIngestor
@@ -49,14 +57,31 @@ class RuntimeService:
     policy: Any = None
     _started: bool = field(default=False, init=False)
 
+    def _authorizer(self, authorize: SubmitAuthorizer | None) -> SubmitAuthorizer:
+        if authorize is not None:
+            return authorize
+        td = self.settings.trust_domain
+        if self.policy is not None:
+            return policy_authorizer(self.policy, td)
+        return allow_list(f"spiffe://{td}/falco")
+
+    def install(
+        self, app: FastAPI, *, caller: Caller, authorize: SubmitAuthorizer | None = None
+    ) -> None:
+        """Add the runtime routes to ``app`` and the fast path for ``POST /v1/runtime/falco``
+        (runtime.api.SubmitFastPath); call before the app serves its first request."""
+        authorize = self._authorizer(authorize)
+        app.include_router(self.router(caller=caller, authorize=authorize))
+        handler = submit_endpoint(
+            ingestor=self.ingestor,
+            caller=caller,
+            authorize=authorize,
+            max_body_bytes=self.settings.runtime.max_body_bytes,
+        )
+        app.add_middleware(SubmitFastPath, handler=handler)
+
     def router(self, *, caller: Caller, authorize: SubmitAuthorizer | None = None) -> APIRouter:
-        if authorize is None:
-            td = self.settings.trust_domain
-            authorize = (
-                policy_authorizer(self.policy, td)
-                if self.policy is not None
-                else allow_list(f"spiffe://{td}/falco")
-            )
+        authorize = self._authorizer(authorize)
         return router(
             ingestor=self.ingestor,
             caller=caller,

@@ -17,7 +17,6 @@ from zerogate.store import Database
 
 @contextmanager
 def write(db: Database) -> Iterator[Connection]:
-    with db.engine.connect() as raw:
-        conn = raw.execution_options(sqlite_begin="IMMEDIATE")
-        with conn.begin():
-            yield conn
+    """``Database.begin``: BEGIN IMMEDIATE, after this process's other writers."""
+    with db.begin() as conn:
+        yield conn

@@ -47,9 +47,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.config import Settings
-from zerogate.errors import AuditError, PayloadError
+from zerogate.errors import AuditError, PayloadError, StoreError
 from zerogate.jcs import CanonicalizationError, canonical_json
-from zerogate.store import Database
+from zerogate.store import Database, driver_cursor
 from zerogate.store.tables import audit_checkpoint, audit_log
 
 log = logging.getLogger(__name__)
@@ -400,10 +400,12 @@ class AuditLog:
 
     def _read_head(self, conn: Connection) -> _Head:
         # one driver-level round trip: this runs once per batch on the latency path
-        row = conn.exec_driver_sql(_HEAD_SQL).first()
+        cur = driver_cursor(conn)
+        cur.execute(_HEAD_SQL)
+        row = cur.fetchone()
         if row is None:
-            cp = conn.exec_driver_sql("SELECT max(seq) FROM audit_checkpoint").scalar()
-            return _Head(checkpoint_seq=cp or 0)
+            cur.execute("SELECT max(seq) FROM audit_checkpoint")
+            return _Head(checkpoint_seq=cur.fetchone()[0] or 0)
         return _Head(seq=row[0], hash=bytes(row[1]), checkpoint_seq=row[2] or 0)
 
     def _write_batch(
@@ -415,11 +417,9 @@ class AuditLog:
             for payload in (item.payloads if isinstance(item, _PendingMany) else (item.payload,))
         ]
         try:
-            with self._db.engine.connect() as raw:
-                conn = raw.execution_options(sqlite_begin="IMMEDIATE")
-                with conn.begin():
-                    first_seq, due = self._append_rows(conn, records, force_checkpoint)
-        except (SQLAlchemyError, OSError) as exc:
+            with self._db.begin() as conn:
+                first_seq, due = self._append_rows(conn, records, force_checkpoint)
+        except (SQLAlchemyError, OSError, StoreError) as exc:
             self._healthy = False
             error = AuditError(f"audit write failed, {len(records)} record(s) not stored: {exc}")
             log.error("event=audit.write_failed records=%d error=%s", len(records), exc)
@@ -473,7 +473,7 @@ class AuditLog:
             prev = digest
         # driver-level executemany: the ORM-free Core path still spends ~20 us a row on
         # per-row type processing that one shared timestamp does not need
-        conn.exec_driver_sql(self._insert_sql, rows)
+        driver_cursor(conn).executemany(self._insert_sql, rows)
         due = (
             force_checkpoint
             or seq - head.checkpoint_seq >= self._checkpoint_every
@@ -500,19 +500,15 @@ class AuditLog:
         if not force and time.monotonic() - self._last_checkpoint_at < self._checkpoint_interval:
             return
         try:
-            with self._db.engine.connect() as raw:
-                conn = raw.execution_options(sqlite_begin="IMMEDIATE")
-                with conn.begin():
-                    self._lock_chain(conn)
-                    head = self._read_head(conn)
-                    if head.seq > head.checkpoint_seq:
-                        ts = format_ts(self._clock.now())
-                        ts_value = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                            tzinfo=UTC
-                        )
-                        self._insert_checkpoint(conn, head.seq, head.hash, ts, ts_value)
+            with self._db.begin() as conn:
+                self._lock_chain(conn)
+                head = self._read_head(conn)
+                if head.seq > head.checkpoint_seq:
+                    ts = format_ts(self._clock.now())
+                    ts_value = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+                    self._insert_checkpoint(conn, head.seq, head.hash, ts, ts_value)
             self._uncheckpointed = False
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, StoreError) as exc:
             log.error("event=audit.checkpoint_failed error=%s", exc)
 
 

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -157,24 +157,49 @@ class ServerSvidKeeper:
         return self._svid.expires_at > self._clock.now() + timedelta(seconds=1)
 
 
+_SVID_MEMO_S = 60.0  # how long one successful validation of a client leaf is reused
+_SVID_MEMO_MAX = 4096
+
+
 def mtls_caller(identity: IdentityService, clock: Clock) -> Callable[[Request], SpiffeId | None]:
     """FastAPI dependency: the SPIFFE ID of the request's client X.509-SVID, or None.
 
     OpenSSL already verified the chain against our bundle in the handshake; this re-checks
     the leaf against the SPIFFE rules (X509-SVID spec section 5) with the trust domain's own
     bundle, and a bad one is a 401, never an anonymous caller.
+
+    The answer for a leaf is reused (at most 60 s, never past the leaf's validity, and only
+    while the bundle is the same object: every CA rotation or taint replaces it): a Falco
+    http_output or an inference client sends many requests per connection and certificate,
+    and the signature check costs more than the rest of a small request.
     """
+    memo: dict[str, tuple[object, SpiffeId, datetime, datetime]] = {}
 
     def caller(request: Request) -> SpiffeId | None:
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        chain = tls.get("client_cert_chain") or []
+        if not chain:
+            return None
+        pem = chain[0]
+        bundle = identity.ca.bundle()
+        now = clock.now()
+        hit = memo.get(pem)
+        if hit is not None and hit[0] is bundle and hit[2] <= now < hit[3]:
+            return hit[1]
         cert = peer_certificate(request.scope)
         if cert is None:
             return None
         try:
-            return validate_x509_svid([cert], identity.ca.bundle(), clock.now())
+            spiffe_id = validate_x509_svid([cert], bundle, now)
         except IdentityError as exc:
             raise HTTPException(
                 401, f"client certificate is not a valid X.509-SVID: {exc}"
             ) from exc
+        if len(memo) >= _SVID_MEMO_MAX:
+            memo.clear()
+        until = min(cert.not_valid_after_utc, now + timedelta(seconds=_SVID_MEMO_S))
+        memo[pem] = (bundle, spiffe_id, cert.not_valid_before_utc, until)
+        return spiffe_id
 
     return caller
 
@@ -246,7 +271,7 @@ def assemble(plane: ControlPlane) -> None:
         clock=kernel.clock,
     )
     plane.add_component(_Named("runtime", runtime))
-    plane.app.include_router(runtime.router(caller=caller))
+    runtime.install(plane.app, caller=caller)
     plane.extras["runtime"] = runtime
 
     # The Workload API serves no SVID to a revoked (deny list) or quarantined SPIFFE ID, and

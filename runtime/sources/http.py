@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runtime.errors import InvalidAlertError, UnsupportedMediaError
-from runtime.falco import FalcoAlert, decode_json, parse_alert
+from runtime.falco import FalcoAlert, decode_json, parse_alert, parse_alert_json
 
 JSON_TYPES = {"application/json", "text/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
@@ -69,7 +69,9 @@ def parse_body(body: bytes, content_type: str | None) -> ParsedBody:
         if not data:
             raise InvalidAlertError("", "empty batch: the JSON array holds no alerts")
         return ParsedBody("array", [_item(i, value) for i, value in enumerate(data)])
-    return ParsedBody("single", [Item(0, parse_alert(data), None)])
+    alert = parse_alert(data)
+    alert.received = body.decode("utf-8").strip()  # decode_json proved it is UTF-8
+    return ParsedBody("single", [Item(0, alert, None)])
 
 
 def _item(index: int, value: object) -> Item:
@@ -85,7 +87,7 @@ def _parse_ndjson(body: bytes) -> ParsedBody:
         if not line.strip():
             continue
         try:
-            items.append(Item(number, parse_alert(decode_json(line)), None))
+            items.append(Item(number, parse_alert_json(line), None))
         except InvalidAlertError as exc:
             items.append(Item(number, None, exc))
     if not items:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
-from runtime.api import allow_list, router
+from runtime.api import SubmitFastPath, allow_list, router, submit_endpoint
 from runtime.ingest import EventIngestor
 from runtime.quarantine import QuarantineService
 
@@ -24,16 +24,28 @@ def build_app(
     quarantine: QuarantineService | None = None,
     *,
     max_body_bytes: int = 4 << 20,
+    fast_path: bool = True,
 ) -> FastAPI:
+    """The runtime routes, plus (``fast_path``) the submit middleware, as
+    RuntimeService.install sets them up in the server."""
     app = FastAPI()
+    authorize = allow_list(FALCO_ID)
     app.include_router(
         router(
             ingestor=ingestor,
             caller=header_caller,
-            authorize=allow_list(FALCO_ID),
+            authorize=authorize,
             quarantine=quarantine,
             max_body_bytes=max_body_bytes,
             keepalive_s=0.2,
         )
     )
+    if fast_path:
+        handler = submit_endpoint(
+            ingestor=ingestor,
+            caller=header_caller,
+            authorize=authorize,
+            max_body_bytes=max_body_bytes,
+        )
+        app.add_middleware(SubmitFastPath, handler=handler)
     return app

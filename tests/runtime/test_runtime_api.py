@@ -17,9 +17,12 @@ FALCO = {"x-test-spiffe-id": FALCO_ID, "content-type": "application/json"}
 NDJSON = {"x-test-spiffe-id": FALCO_ID, "content-type": "application/x-ndjson"}
 
 
-@pytest.fixture
-async def client(ingestor: EventIngestor) -> AsyncIterator[httpx.AsyncClient]:
-    app = build_app(ingestor, max_body_bytes=1 << 20)
+@pytest.fixture(params=["fast-path", "route"])
+async def client(
+    ingestor: EventIngestor, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Every case through the server's fast path (SubmitFastPath) and through the route."""
+    app = build_app(ingestor, max_body_bytes=1 << 20, fast_path=request.param == "fast-path")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://zerogate") as c:
         yield c
@@ -151,3 +154,26 @@ async def test_recent_events_endpoint(client: httpx.AsyncClient) -> None:
     assert event["rule"] == corpus_raw()[0]["rule"]
     anonymous = await client.get("/v1/runtime/events")
     assert anonymous.status_code == 401
+
+
+async def test_fast_path_answers_submit_before_routing(ingestor: EventIngestor) -> None:
+    """SubmitFastPath alone (no runtime routes) answers POST /v1/runtime/falco and passes
+    everything else on."""
+    from fastapi import FastAPI
+    from runtime_app import header_caller
+
+    from runtime.api import SubmitFastPath, allow_list, submit_endpoint
+
+    app = FastAPI()
+    handler = submit_endpoint(
+        ingestor=ingestor, caller=header_caller, authorize=allow_list(FALCO_ID)
+    )
+    app.add_middleware(SubmitFastPath, handler=handler)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://zerogate") as c:
+        reply = await c.post("/v1/runtime/falco", content=json.dumps(docs_raw()), headers=FALCO)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["status"] == "stored"
+        assert (await c.get("/v1/runtime/falco")).status_code == 404  # not ours: routed on
+        assert (await c.post("/v1/other", headers=FALCO)).status_code == 404
+    assert ingestor.store.count() == 1

@@ -147,3 +147,26 @@ def test_recover_only_marks_rows_whose_audit_record_exists(
     runtime_audit.flush()
     records = [r for r in tail(database, n=10, kind="runtime.event")]
     assert len(records) == 1  # not audited twice
+
+
+def test_stored_raw_is_the_text_as_received(event_store: EventStore, database: Database) -> None:
+    """NDJSON lines and single bodies are stored as they came (no re-serialisation); an item
+    of a JSON array, which has no text of its own, is stored in canonical form."""
+    import json
+
+    from sqlalchemy import select
+
+    from runtime.sources.http import parse_body
+    from zerogate.store.tables import runtime_event
+
+    raw = json.loads(json.dumps(corpus_alerts()[0].raw))
+    line = json.dumps(raw, indent=None)  # key order as Falco printed it, ", " separators
+    ndjson = parse_body(f"{line}\r\n\n".encode(), "application/x-ndjson").alerts
+    raw["rule"] = "as an array item"
+    array = parse_body(json.dumps([raw]).encode(), "application/json").alerts
+    results = event_store.store_many([(a, "http") for a in ndjson + array])
+    with database.engine.connect() as conn:
+        stored = dict(conn.execute(select(runtime_event.c.id, runtime_event.c.raw)).all())
+    assert stored[results[0].row_id] == line
+    assert stored[results[1].row_id] == array[0].canonical().decode()
+    assert json.loads(stored[results[1].row_id]) == raw

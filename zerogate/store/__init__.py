@@ -5,6 +5,6 @@ out connections. Subsystems keep small repositories of their own over ``Database
 table definitions live in ``zerogate/store/tables/<subsystem>.py``.
 """
 
-from zerogate.store.database import Database, ensure_sqlite_dir
+from zerogate.store.database import Database, driver_cursor, ensure_sqlite_dir
 
-__all__ = ["Database", "ensure_sqlite_dir"]
+__all__ = ["Database", "driver_cursor", "ensure_sqlite_dir"]

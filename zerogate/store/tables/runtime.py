@@ -29,7 +29,7 @@ runtime_event = Table(
     Column("k8s_pod_uid", Text, nullable=True),
     Column("container_id", Text, nullable=True),
     Column("ingest", String(16), nullable=False),  # http | file | nats | replay | cli
-    Column("raw", Text, nullable=False),  # the alert as received, compact JSON, sorted keys
+    Column("raw", Text, nullable=False),  # its JSON text as received (array items: canonical)
     Column("spiffe_ids", Json, nullable=True),  # correlation result; NULL = not correlated yet
     Column("audit_seq", BigInt, nullable=True),  # seq of its runtime.event audit record
     UniqueConstraint("event_id", "occurrence", name="uq_runtime_event_id_occurrence"),
