@@ -358,7 +358,8 @@ def run(
             "--key",
             str(key),
         ],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        # GOGC as the zerogate CLI sets it for the embedded OPA (zerogate.cli)
+        env={"GOGC": "400", **os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         deadline = time.monotonic() + 120

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -255,6 +256,8 @@ def latency(url: str, tmp: Path, samples: int) -> list[float]:
 
     async def run() -> None:
         await rt.start()
+        gc.collect()  # as zerogate.server.ControlPlane.run does once everything is up
+        gc.freeze()
         try:
             with serve_in_thread(_app(rt)) as base, httpx.Client(base_url=base) as client:
                 for i in range(samples):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -300,6 +301,11 @@ class ControlPlane:
             loop.add_signal_handler(extra, self._dispatch_signal, extra)
         try:
             await self.start()
+            # Everything built at start (compiled policies, the model, SQLAlchemy metadata, the
+            # CA) lives as long as the process: move it out of the cyclic collector's view so a
+            # full collection does not walk it on the request path (CPython gc.freeze).
+            gc.collect()
+            gc.freeze()
             if until is not None:
                 await until()
             else:
