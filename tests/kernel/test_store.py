@@ -37,3 +37,72 @@ def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
 def test_bad_urls_get_specific_errors(url: str, message: str) -> None:
     with pytest.raises(StoreError, match=message):
         Database.open(url)
+
+
+def test_writers_of_one_process_take_turns_without_lock_errors(database: Database) -> None:
+    """Read-modify-write transactions from many threads all commit, none lost, none failing
+    with "database is locked" (SQLite: they queue on Database's write lock)."""
+    import threading
+
+    from sqlalchemy import text
+
+    with database.begin() as conn:
+        conn.execute(text("CREATE TABLE zz_counter (n INTEGER NOT NULL)"))
+        conn.execute(text("INSERT INTO zz_counter (n) VALUES (0)"))
+    errors: list[BaseException] = []
+    # PostgreSQL needs the row lock for a read-modify-write; SQLite's write lock covers it
+    read = (
+        "SELECT n FROM zz_counter FOR UPDATE"
+        if database.dialect == "postgresql"
+        else "SELECT n FROM zz_counter"
+    )
+
+    def bump() -> None:
+        try:
+            for _ in range(25):
+                with database.begin() as conn:
+                    n = conn.execute(text(read)).scalar_one()
+                    conn.execute(text("UPDATE zz_counter SET n = :n"), {"n": n + 1})
+        except BaseException as exc:  # collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        with database.engine.connect() as conn:
+            assert conn.execute(text("SELECT n FROM zz_counter")).scalar_one() == 200
+    finally:
+        with database.begin() as conn:
+            conn.execute(text("DROP TABLE zz_counter"))
+
+
+def test_driver_cursor_raises_sqlalchemy_errors(database: Database) -> None:
+    """Driver-level statements fail with SQLAlchemy's exception classes, so callers (the
+    ingest retry on a unique-key race, the audit writer's failure path) see one family."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    from zerogate.store import driver_cursor
+
+    insert = (
+        "INSERT INTO zz_unique (k) VALUES (%s)"
+        if database.dialect == "postgresql"
+        else "INSERT INTO zz_unique (k) VALUES (?)"
+    )
+    with database.begin() as conn:
+        conn.execute(text("CREATE TABLE zz_unique (k TEXT PRIMARY KEY)"))
+    try:
+        with pytest.raises(IntegrityError), database.begin() as conn:
+            driver_cursor(conn).executemany(insert, [("a",), ("a",)])
+        with pytest.raises((ProgrammingError, OperationalError)), database.begin() as conn:
+            driver_cursor(conn).execute("SELECT no_such_column FROM zz_unique")
+        with database.begin() as conn:
+            cur = driver_cursor(conn).execute(insert, ("b",))
+            assert cur.execute("SELECT k FROM zz_unique").fetchall() == [("b",)]
+    finally:
+        with database.begin() as conn:
+            conn.execute(text("DROP TABLE zz_unique"))
