@@ -5,7 +5,7 @@
         [--rounds 2] [--json]
 
 One process, one loaded model (all-MiniLM-L6-v2), three HTTPS listeners on one event loop,
-all with the same ``ServerTLS`` + ``PeerCertH11Protocol`` stack the service uses:
+all with the same ``ServerTLS`` + ``PeerCertProtocol`` stack the service uses:
 
 - ``ungated``: ``create_app(..., ungated=True)`` (no authn/authz/audit/budget);
 - ``gated``: ``SpiffeGate`` with a JWT-SVID bearer, token cache on (the signature is checked
@@ -71,7 +71,7 @@ from zerogate.config import Settings  # noqa: E402
 from zerogate.server import bind_socket  # noqa: E402
 from zerogate.store import Database  # noqa: E402
 from zerogate.telemetry import Telemetry  # noqa: E402
-from zerogate.tls import PeerCertH11Protocol, ServerTLS  # noqa: E402
+from zerogate.tls import PeerCertProtocol, ServerTLS  # noqa: E402
 
 TD = "zerogate.internal"
 SERVICE = f"spiffe://{TD}/inference"
@@ -242,7 +242,7 @@ class Bench:
                     access_log=False,
                     lifespan="off",
                     ssl_context_factory=tls.uvicorn_factory(),
-                    http=PeerCertH11Protocol,
+                    http=PeerCertProtocol,
                     timeout_graceful_shutdown=2,
                 )
                 server = _Quiet(config)

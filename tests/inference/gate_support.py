@@ -25,7 +25,7 @@ from identity.rotation import Kind
 from identity.svid import encode_jws
 from identity.tls import client_ssl_context
 from zerogate.server import bind_socket
-from zerogate.tls import PeerCertH11Protocol, ServerTLS
+from zerogate.tls import PeerCertProtocol, ServerTLS
 
 
 class _Quiet(uvicorn.Server):
@@ -35,7 +35,7 @@ class _Quiet(uvicorn.Server):
 
 
 class ThreadServer:
-    """An ASGI app behind uvicorn + ``ServerTLS`` + ``PeerCertH11Protocol`` (as the service
+    """An ASGI app behind uvicorn + ``ServerTLS`` + ``PeerCertProtocol`` (as the service
     runs it), on a loopback port, in a thread with its own event loop."""
 
     def __init__(self, app: Any, tls: ServerTLS) -> None:
@@ -47,7 +47,7 @@ class ThreadServer:
             access_log=False,
             lifespan="on",
             ssl_context_factory=tls.uvicorn_factory(),
-            http=PeerCertH11Protocol,
+            http=PeerCertProtocol,
             timeout_graceful_shutdown=2,
         )
         self.server = _Quiet(config)

@@ -3,7 +3,7 @@ issue 5 (401/403/429/503 with its reason), one audit record per call, the OpenTe
 
 One module-wide setup: a CA on SQLite, the shipped inference policy (plus one low-limit test
 grant) on embedded OPA, a real audit log, the embeddings model, and the app behind uvicorn
-with ``ServerTLS`` + ``PeerCertH11Protocol`` exactly as the service runs it. Failure modes
+with ``ServerTLS`` + ``PeerCertProtocol`` exactly as the service runs it. Failure modes
 (policy engine down, audit log down, stale bundle) swap one real part of the gate for a real
 broken one and put it back.
 """

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from x509_support import Issued, issue
 
 from zerogate.server import Listener, _QuietServer, bind_socket
-from zerogate.tls import PeerCertH11Protocol, ServerTLS, peer_certificate
+from zerogate.tls import PeerCertH11Protocol, PeerCertProtocol, ServerTLS, peer_certificate
 
 
 def _app() -> FastAPI:
@@ -32,8 +32,11 @@ def _app() -> FastAPI:
     return app
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[str, ServerTLS, Issued]]:
+@pytest.fixture(params=[PeerCertProtocol, PeerCertH11Protocol], ids=["httptools", "h11"])
+async def served(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[str, ServerTLS, Issued]]:
+    """Both protocol classes: what serve uses (httptools) and the fallback without it."""
     import uvicorn
 
     ca = issue("test-ca")
@@ -46,7 +49,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[str, ServerTLS, Issued]]
         log_config=None,
         lifespan="off",
         ssl_context_factory=tls.uvicorn_factory(),
-        http=PeerCertH11Protocol,
+        http=request.param,
     )
     server = _QuietServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -27,7 +27,7 @@ from zerogate.clock import SYSTEM_CLOCK
 from zerogate.config import Settings
 from zerogate.server import _QuietServer, bind_socket
 from zerogate.store import Database
-from zerogate.tls import PeerCertH11Protocol, ServerTLS
+from zerogate.tls import PeerCertProtocol, ServerTLS
 from zerogate.wiring import mtls_caller
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ async def server(
         log_config=None,
         lifespan="off",
         ssl_context_factory=tls.uvicorn_factory(),
-        http=PeerCertH11Protocol,
+        http=PeerCertProtocol,
     )
     uv = _QuietServer(config)
     await rt.start()
