@@ -126,10 +126,10 @@ def submit_endpoint(
     """The ``POST /v1/runtime/falco`` handler (used by the route and by ``SubmitFastPath``)."""
 
     async def submit_falco(request: Request) -> Response:
-        # A plain Starlette route, not a FastAPI one: Falco's http_output posts one alert per
-        # request, and dependency solving plus response-model handling cost about a quarter of
-        # the CPU of a request that is otherwise parse + one group commit. ``caller`` is called
-        # directly (sync or async), as FastAPI would call the dependency.
+        # Not a FastAPI route: Falco's http_output posts one alert per request, and dependency
+        # solving plus response-model handling cost about a quarter of the CPU of a request that
+        # is otherwise parse + one group commit. ``caller`` is called directly (sync or async),
+        # as FastAPI would call the dependency.
         try:
             who = caller(request)
             if inspect.isawaitable(who):
