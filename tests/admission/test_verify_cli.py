@@ -171,6 +171,27 @@ def test_manifests(tmp_path: Path, configured: str) -> None:
     assert result.exit_code == 1 and "PEM" in result.output
 
 
+def test_manifests_default_to_the_live_trust_bundle(configured: str) -> None:
+    """Without --ca-bundle the caBundle is our CA's bundle (what ``zerogate bundle show``
+    prints); before any CA exists the command says how to get one."""
+    result = runner.invoke(app, ["manifests"])
+    assert result.exit_code == 1
+    assert "start zerogate serve once or pass --ca-bundle" in result.output
+    from identity.service import open_identity
+    from zerogate.config import load_settings
+
+    settings = load_settings()
+    db = Database.open(configured)
+    try:
+        bundle_pem = open_identity(settings, db, None).ca.bundle().to_pem().encode()
+    finally:
+        db.close()
+    result = runner.invoke(app, ["manifests"])
+    assert result.exit_code == 0, result.output
+    for doc in yaml.safe_load_all(result.output):
+        assert base64.b64decode(doc["webhooks"][0]["clientConfig"]["caBundle"]) == bundle_pem
+
+
 def test_fail_open_maps_to_ignore() -> None:
     docs = webhook_configurations(ca_bundle_pem=CA, failure_mode="allow", validate_timeout_s=40)
     assert docs[0]["webhooks"][0]["failurePolicy"] == "Ignore"
