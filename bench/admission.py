@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import os
 import ssl
@@ -201,6 +202,8 @@ def serve(config: str, port_file: Path, cert: Path, key: Path) -> None:
         f"serve config={config} http={protocol.__name__} loop={run_loop.__module__}",
         file=sys.stderr,
     )
+    gc.collect()  # as zerogate.server.ControlPlane.run does once everything is up
+    gc.freeze()
     port_file.write_text(str(sock.getsockname()[1]))
     try:
         run_loop(server.serve(sockets=[sock]))
