@@ -396,25 +396,26 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one, not one per
 def parse_alert_json(text: str | bytes) -> FalcoAlert:
     """Decode and validate one alert from JSON text; the text is kept as ``received`` (what
     the events table stores, so the alert is not serialised again)."""
-    if isinstance(text, bytes):
-        # RFC 8259 section 8.1: JSON exchanged between systems MUST be UTF-8 (json.loads
-        # would otherwise guess UTF-16/32 from the first bytes).
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidAlertError("", f"body is not UTF-8: {exc.reason}") from None
+    text = utf8_text(text)
     alert = parse_alert(decode_json(text))
     alert.received = text.strip()
     return alert
 
 
+def utf8_text(text: str | bytes) -> str:
+    """``text`` as a str; bytes must be UTF-8 (RFC 8259 section 8.1: JSON exchanged between
+    systems MUST be UTF-8; json.loads would otherwise guess UTF-16/32 from the first bytes)."""
+    if isinstance(text, str):
+        return text
+    try:
+        return text.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidAlertError("", f"body is not UTF-8: {exc.reason}") from None
+
+
 def decode_json(text: str | bytes) -> Any:
     """Strict JSON decode (no NaN/Infinity); InvalidAlertError with line/column on failure."""
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")  # RFC 8259 section 8.1: UTF-8 only
-        except UnicodeDecodeError as exc:
-            raise InvalidAlertError("", f"body is not UTF-8: {exc.reason}") from None
+    text = utf8_text(text)
     try:
         return _DECODER.decode(text)
     except json.JSONDecodeError as exc:

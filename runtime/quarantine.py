@@ -193,31 +193,17 @@ def log_audit_failure(written: Future[int]) -> None:
         log.error("event=runtime.audit_failed error=%s", exc)
 
 
-class QuarantineService:
-    """Writes quarantines and serves the fast in-memory view of the active ones."""
+class ActiveQuarantines:
+    """The in-memory set of active quarantines a ``QuarantineView`` answers from (O(1), no
+    I/O) and its change subscribers. ``QuarantineService`` keeps one fed by its own writes and
+    the revision watch; ``runtime.remote.RemoteQuarantineView`` one fed by server-sent events."""
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        clock: Clock = SYSTEM_CLOCK,
-        audit: AuditSink | None = None,
-        default_ttl_s: int = 3600,
-        watch_interval_s: float = 0.5,
-    ) -> None:
-        self._db = db
+    def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._audit = audit
-        self._default_ttl = default_ttl_s
-        self._watch_interval = watch_interval_s
         self._lock = threading.Lock()
         self._active: dict[str, QuarantineRecord] = {}
         self._revision = -1
         self._subscribers = Subscribers()
-        self._task: asyncio.Task[None] | None = None
-        self.refresh()
-
-    # the view ----------------------------------------------------------------------------
 
     @property
     def revision(self) -> int:
@@ -235,6 +221,38 @@ class QuarantineService:
     def is_denied(self, *, spiffe_id: str) -> bool:
         """identity.workload_cache.IdentityGate: the Workload API serves no quarantined ID."""
         return self.is_quarantined(spiffe_id) is not None
+
+    def _apply(self, change: QuarantineChange) -> None:
+        with self._lock:
+            if change.action == "added":
+                self._active[change.record.spiffe_id] = change.record
+            else:
+                self._active.pop(change.record.spiffe_id, None)
+            self._revision = max(self._revision, change.revision)
+        self._subscribers.emit(change)
+
+
+class QuarantineService(ActiveQuarantines):
+    """Writes quarantines and serves the fast in-memory view of the active ones."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        audit: AuditSink | None = None,
+        default_ttl_s: int = 3600,
+        watch_interval_s: float = 0.5,
+    ) -> None:
+        super().__init__(clock)
+        self._db = db
+        self._audit = audit
+        self._default_ttl = default_ttl_s
+        self._watch_interval = watch_interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.refresh()
+
+    # the view ----------------------------------------------------------------------------
 
     def active(self) -> list[QuarantineRecord]:
         now = self._clock.now()
@@ -389,15 +407,6 @@ class QuarantineService:
                 if row.spiffe_id not in fresh:
                     self._subscribers.emit(QuarantineChange("released", _row(row), stored))
         return True
-
-    def _apply(self, change: QuarantineChange) -> None:
-        with self._lock:
-            if change.action == "added":
-                self._active[change.record.spiffe_id] = change.record
-            else:
-                self._active.pop(change.record.spiffe_id, None)
-            self._revision = max(self._revision, change.revision)
-        self._subscribers.emit(change)
 
     def _audit_change(
         self, action: str, record: QuarantineRecord, trace_id: str | None, *, wait: bool = True

@@ -18,14 +18,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from runtime.quarantine import ChangeCallback, QuarantineChange, QuarantineRecord, Subscribers
+from runtime.quarantine import ActiveQuarantines, QuarantineChange, QuarantineRecord
 from zerogate.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 WATCH_PATH = "/v1/runtime/quarantine/watch"
 
 
-class RemoteQuarantineView:
+class RemoteQuarantineView(ActiveQuarantines):
     def __init__(
         self,
         base_url: str,
@@ -47,33 +46,13 @@ class RemoteQuarantineView:
         self._factory = client_factory or (
             lambda: httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=60.0))
         )
-        self._clock = clock
+        super().__init__(clock)
         self._max_backoff = max_backoff_s
-        self._lock = threading.Lock()
-        self._active: dict[str, QuarantineRecord] = {}
-        self._revision = -1
-        self._subscribers = Subscribers()
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._last_contact = 0.0
 
     # QuarantineView -----------------------------------------------------------------------
-
-    @property
-    def revision(self) -> int:
-        return self._revision
-
-    def is_quarantined(self, spiffe_id: str) -> QuarantineRecord | None:
-        record = self._active.get(spiffe_id)
-        if record is None or not record.active(self._clock.now()):
-            return None
-        return record
-
-    def subscribe(self, callback: ChangeCallback) -> Callable[[], None]:
-        return self._subscribers.add(callback)
-
-    def is_denied(self, *, spiffe_id: str) -> bool:
-        return self.is_quarantined(spiffe_id) is not None
 
     def stale(self, max_age_s: float) -> bool:
         return time.monotonic() - self._last_contact > max_age_s
@@ -156,11 +135,4 @@ class RemoteQuarantineView:
             self._connected.set()
         elif event == "change":
             record = QuarantineRecord.from_json(payload["record"])
-            change = QuarantineChange(payload["action"], record, int(payload["revision"]))
-            with self._lock:
-                if change.action == "added":
-                    self._active[record.spiffe_id] = record
-                else:
-                    self._active.pop(record.spiffe_id, None)
-                self._revision = max(self._revision, change.revision)
-            self._subscribers.emit(change)
+            self._apply(QuarantineChange(payload["action"], record, int(payload["revision"])))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runtime.errors import InvalidAlertError, UnsupportedMediaError
-from runtime.falco import FalcoAlert, decode_json, parse_alert, parse_alert_json
+from runtime.falco import FalcoAlert, decode_json, parse_alert, parse_alert_json, utf8_text
 
 JSON_TYPES = {"application/json", "text/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
@@ -64,13 +64,14 @@ def parse_body(body: bytes, content_type: str | None) -> ParsedBody:
         )
     if not body.strip():
         raise InvalidAlertError("", "empty body: expected a Falco alert (JSON object)")
-    data = decode_json(body)
+    text = utf8_text(body)
+    data = decode_json(text)
     if isinstance(data, list):
         if not data:
             raise InvalidAlertError("", "empty batch: the JSON array holds no alerts")
         return ParsedBody("array", [_item(i, value) for i, value in enumerate(data)])
     alert = parse_alert(data)
-    alert.received = body.decode("utf-8").strip()  # decode_json proved it is UTF-8
+    alert.received = text.strip()
     return ParsedBody("single", [Item(0, alert, None)])
 
 
