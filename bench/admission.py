@@ -157,7 +157,6 @@ def _full_gatekeeper() -> Any:
 
 
 def serve(config: str, port_file: Path, cert: Path, key: Path) -> None:
-    import uvicorn
     from fastapi import FastAPI
 
     import zerogate.server as zserver
@@ -184,20 +183,10 @@ def serve(config: str, port_file: Path, cert: Path, key: Path) -> None:
     app.include_router(router(Admitter(native=native, gatekeeper=gk, audit=audit)))
     tls = ztls.ServerTLS(cert.read_bytes(), key.read_bytes(), None)
     sock = zserver.bind_socket("bench", "127.0.0.1", 0)
-    # what `zerogate serve` runs: httptools protocol and uvloop where installed (older
-    # kernels: h11 and asyncio's loop)
-    protocol = getattr(ztls, "PeerCertProtocol", ztls.PeerCertH11Protocol)
-    run_loop = getattr(zserver, "run_loop", asyncio.run)
-    server = zserver._QuietServer(
-        uvicorn.Config(
-            app,
-            log_config=None,
-            lifespan="off",
-            ssl_context_factory=tls.uvicorn_factory(),
-            http=protocol,
-            access_log=False,
-        )
-    )
+    # what `zerogate serve` runs: zerogate's listener server on run_loop (httptools, uvloop)
+    protocol = ztls.PeerCertProtocol
+    run_loop = zserver.run_loop
+    server = zserver.listener_server(app, tls=tls)
     print(
         f"serve config={config} http={protocol.__name__} loop={run_loop.__module__}",
         file=sys.stderr,

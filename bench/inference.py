@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import shutil
@@ -37,7 +36,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -68,24 +66,16 @@ from policy.service import open_policy  # noqa: E402
 from zerogate.audit import AuditLog  # noqa: E402
 from zerogate.clock import SYSTEM_CLOCK  # noqa: E402
 from zerogate.config import Settings  # noqa: E402
-from zerogate.server import bind_socket  # noqa: E402
+from zerogate.server import bind_socket, listener_server  # noqa: E402
 from zerogate.store import Database  # noqa: E402
 from zerogate.telemetry import Telemetry  # noqa: E402
-from zerogate.tls import PeerCertProtocol, ServerTLS  # noqa: E402
+from zerogate.tls import ServerTLS  # noqa: E402
 
 TD = "zerogate.internal"
 SERVICE = f"spiffe://{TD}/inference"
 CALLER = f"spiffe://{TD}/ns/bench/sa/load"
 MODEL = "all-MiniLM-L6-v2"
 SENTENCE = "A short sentence about zero-trust model serving."
-
-
-class _Quiet(uvicorn.Server):
-    """uvicorn without signal handling (it runs in a worker thread here)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -234,18 +224,9 @@ class Bench:
             await self.registry.start()
             for name, app in apps.items():
                 tls = ServerTLS(*self.tls_material)
-                config = uvicorn.Config(
-                    app,
-                    host="127.0.0.1",
-                    port=0,
-                    log_config=None,
-                    access_log=False,
-                    lifespan="off",
-                    ssl_context_factory=tls.uvicorn_factory(),
-                    http=PeerCertProtocol,
-                    timeout_graceful_shutdown=2,
+                server = listener_server(
+                    app, tls=tls, host="127.0.0.1", port=0, timeout_graceful_shutdown=2
                 )
-                server = _Quiet(config)
                 sock = bind_socket(name, "127.0.0.1", 0)
                 self.urls[name] = f"https://localhost:{sock.getsockname()[1]}"
                 self._servers.append(server)

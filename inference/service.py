@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -44,9 +43,9 @@ from inference.quarantine import InMemoryRuntimeStatus, RuntimeStatus
 from inference.trust import ServingMaterial, TrustSource, WorkloadApiTrust
 from zerogate.clock import Clock
 from zerogate.config import Settings
-from zerogate.server import bind_socket, split_listen
+from zerogate.server import bind_socket, listener_server, split_listen
 from zerogate.telemetry import PROMETHEUS_CONTENT_TYPE, Telemetry
-from zerogate.tls import PeerCertProtocol, ServerTLS
+from zerogate.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +79,6 @@ def ensure_service_entry(
     return True
 
 
-class _Quiet(uvicorn.Server):
-    """uvicorn without its own signal handling: the owner of the loop decides shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 class InferenceService:
     name = "inference"
 
@@ -108,7 +99,7 @@ class InferenceService:
         self.app = self._app()
         self.tls: ServerTLS | None = None
         self.port: int | None = None
-        self._server: _Quiet | None = None
+        self._server: uvicorn.Server | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._load_task: asyncio.Task[None] | None = None
 
@@ -133,18 +124,9 @@ class InferenceService:
         host, port = split_listen(self.settings.inference.listen)
         sock = bind_socket("inference", host, port)
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            self.app,
-            host=host,
-            port=self.port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            ssl_context_factory=self.tls.uvicorn_factory(),
-            http=PeerCertProtocol,
-            timeout_graceful_shutdown=5,
+        self._server = listener_server(
+            self.app, tls=self.tls, host=host, port=self.port, timeout_graceful_shutdown=5
         )
-        self._server = _Quiet(config)
         self._serve_task = asyncio.create_task(
             self._server.serve(sockets=[sock]), name="inference-listener"
         )

@@ -93,6 +93,18 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+def listener_server(app: Any, *, tls: ServerTLS | None = None, **options: Any) -> uvicorn.Server:
+    """A uvicorn server as zerogate runs every listener: no uvicorn logging config, access log,
+    lifespan or signal handling (the owner of the loop decides shutdown), and with ``tls`` the
+    rotating context and the protocol that hands the client certificate to the app
+    (``zerogate.tls.PeerCertProtocol``). ``options`` (host, port, http, lifespan,
+    timeout_graceful_shutdown, ...) override."""
+    config: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off"}
+    if tls is not None:
+        config |= {"ssl_context_factory": tls.uvicorn_factory(), "http": PeerCertProtocol}
+    return _QuietServer(uvicorn.Config(app, **(config | options)))
+
+
 def bind_socket(what: str, host: str, port: int) -> socket.socket:
     """Bind the listener's socket ourselves, so a taken port is one clear error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -189,7 +201,7 @@ class ControlPlane:
         # subsystem objects other parts (tests, the CLI) may need after assembly
         self.extras: dict[str, Any] = {}
         self._signal_handlers: dict[signal.Signals, list[Callable[[], object]]] = {}
-        self._servers: list[_QuietServer] = []
+        self._servers: list[uvicorn.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._stopped = False
@@ -219,22 +231,9 @@ class ControlPlane:
             await component.start()
             log.info("event=component.started component=%s", component.name)
         for listener in self.listeners:
-            tls_options: dict[str, Any] = {}
-            if listener.tls is not None:
-                tls_options = {
-                    "ssl_context_factory": listener.tls.uvicorn_factory(),
-                    "http": PeerCertProtocol,
-                }
-            config = uvicorn.Config(
-                listener.app,
-                host=listener.host,
-                port=listener.port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                **tls_options,
+            server = listener_server(
+                listener.app, tls=listener.tls, host=listener.host, port=listener.port
             )
-            server = _QuietServer(config)
             sock = bind_socket(listener.what, listener.host, listener.port)
             self._servers.append(server)
             task = asyncio.create_task(

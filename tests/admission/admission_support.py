@@ -19,8 +19,8 @@ from admission.gatekeeper import (
     parse_constraint,
 )
 from admission.webhook import router
-from zerogate.server import Listener, _QuietServer, bind_socket
-from zerogate.tls import PeerCertProtocol, ServerTLS
+from zerogate.server import Listener, bind_socket, listener_server
+from zerogate.tls import ServerTLS
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).parent
@@ -46,7 +46,6 @@ async def serve_webhook(
     (the caBundle a kube-apiserver would be given). ``serving`` = (cert chain PEM, key PEM,
     trust bundle PEM); by default a throwaway CA issues a certificate for localhost and the
     Service DNS name."""
-    import uvicorn
 
     if serving is None:
         ca = issue("zerogate-test-ca")
@@ -58,14 +57,7 @@ async def serve_webhook(
     tls = ServerTLS(chain_pem, key_pem, None)
     listener = Listener("admission", app, "127.0.0.1", 0, tls)
     sock = bind_socket(listener.what, listener.host, listener.port)
-    config = uvicorn.Config(
-        listener.app,
-        log_config=None,
-        lifespan="off",
-        ssl_context_factory=tls.uvicorn_factory(),
-        http=PeerCertProtocol,  # as zerogate serve: httptools where installed
-    )
-    server = _QuietServer(config)
+    server = listener_server(listener.app, tls=tls)  # as zerogate serve runs it
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 
 from identity.bundle import Bundle
@@ -24,14 +21,8 @@ from identity.ca import CertificateAuthority, X509Svid
 from identity.rotation import Kind
 from identity.svid import encode_jws
 from identity.tls import client_ssl_context
-from zerogate.server import bind_socket
-from zerogate.tls import PeerCertProtocol, ServerTLS
-
-
-class _Quiet(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+from zerogate.server import bind_socket, listener_server
+from zerogate.tls import ServerTLS
 
 
 class ThreadServer:
@@ -39,18 +30,9 @@ class ThreadServer:
     runs it), on a loopback port, in a thread with its own event loop."""
 
     def __init__(self, app: Any, tls: ServerTLS) -> None:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            ssl_context_factory=tls.uvicorn_factory(),
-            http=PeerCertProtocol,
-            timeout_graceful_shutdown=2,
+        self.server = listener_server(
+            app, tls=tls, host="127.0.0.1", port=0, lifespan="on", timeout_graceful_shutdown=2
         )
-        self.server = _Quiet(config)
         self.sock = bind_socket("test", "127.0.0.1", 0)
         self.port = int(self.sock.getsockname()[1])
         self.url = f"https://localhost:{self.port}"

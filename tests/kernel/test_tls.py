@@ -13,7 +13,7 @@ from cryptography import x509
 from fastapi import FastAPI, Request
 from x509_support import Issued, issue
 
-from zerogate.server import Listener, _QuietServer, bind_socket
+from zerogate.server import Listener, bind_socket, listener_server
 from zerogate.tls import PeerCertH11Protocol, PeerCertProtocol, ServerTLS, peer_certificate
 
 
@@ -37,21 +37,12 @@ async def served(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[str, ServerTLS, Issued]]:
     """Both protocol classes: what serve uses (httptools) and the fallback without it."""
-    import uvicorn
-
     ca = issue("test-ca")
     server_cert = issue("server", ca=ca)
     tls = ServerTLS(server_cert.cert_pem, server_cert.key_pem, ca.cert_pem)
     listener = Listener("test", _app(), "127.0.0.1", 0, tls)
     sock = bind_socket(listener.what, listener.host, listener.port)
-    config = uvicorn.Config(
-        listener.app,
-        log_config=None,
-        lifespan="off",
-        ssl_context_factory=tls.uvicorn_factory(),
-        http=request.param,
-    )
-    server = _QuietServer(config)
+    server = listener_server(listener.app, tls=tls, http=request.param)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         await asyncio.sleep(0.01)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from runtime_corpus import docs_raw
 
@@ -25,9 +24,9 @@ from runtime.service import open_runtime
 from zerogate.audit import AuditLog
 from zerogate.clock import SYSTEM_CLOCK
 from zerogate.config import Settings
-from zerogate.server import _QuietServer, bind_socket
+from zerogate.server import bind_socket, listener_server
 from zerogate.store import Database
-from zerogate.tls import PeerCertProtocol, ServerTLS
+from zerogate.tls import ServerTLS
 from zerogate.wiring import mtls_caller
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,14 +68,7 @@ async def server(
     )
     sock = bind_socket("runtime", "127.0.0.1", 0)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        lifespan="off",
-        ssl_context_factory=tls.uvicorn_factory(),
-        http=PeerCertProtocol,
-    )
-    uv = _QuietServer(config)
+    uv = listener_server(app, tls=tls)
     await rt.start()
     task = asyncio.create_task(uv.serve(sockets=[sock]))
     while not uv.started:
