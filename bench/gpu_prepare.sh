@@ -9,7 +9,9 @@
 #   PYTHON=python3 OUT=$OUT bash bench/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qxF "/.whl/" .git/info/exclude || echo "/.whl/" >> .git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)
+mkdir -p "$(dirname "$exclude")" && touch "$exclude"
+grep -qxF "/.whl/" "$exclude" || echo "/.whl/" >> "$exclude"
 mkdir -p .whl .zerogate/gpu
 # what the gated service imports beyond the GPU image's packages (checked by running
 # bench/inference.py in a venv holding only that image's package list plus these)
@@ -19,11 +21,11 @@ opentelemetry-exporter-otlp-proto-http opentelemetry-exporter-otlp-proto-common
 opentelemetry-exporter-http-transport opentelemetry-exporter-otlp-common opentelemetry-proto
 googleapis-common-protos pycparser pydantic pydantic-core pydantic-settings pyjwt python-dotenv
 rfc8785 sqlalchemy starlette typing-inspection uvicorn gguf grpclib h2 hpack hyperframe spiffe
-pem pyasn1 pyasn1-modules truststore"
+pem pyasn1 pyasn1-modules truststore h11 httptools uvloop"
 req=$(mktemp)
 .venv/bin/pip freeze 2>/dev/null | while IFS= read -r line; do
   name=$(echo "${line%%==*}" | tr 'A-Z_' 'a-z-')
-  for p in $PKGS; do [ "$name" = "$p" ] && echo "$line"; done
+  for p in $PKGS; do if [ "$name" = "$p" ]; then echo "$line"; fi; done
 done > "$req"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
