@@ -117,17 +117,26 @@ class Admitter:
     # --- policy evaluation (pure, runs in a worker thread) ---------------------------------
 
     def evaluate(self, req: AdmissionRequest) -> Outcome:
-        """Both engines answer at once: the native call runs on a pool thread while the
-        Gatekeeper set evaluates on this one (the native engines release the GIL)."""
+        """One engine call when the native policy is compiled into the Gatekeeper engine
+        (``GatekeeperSet.review_all``); otherwise both engines answer at once: the native
+        call runs on a pool thread while the Gatekeeper set evaluates on this one (the
+        native engines release the GIL)."""
         out = Outcome()
-        pending: Future[Decision] | None = None
-        if self.native is not None:
-            doc = {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": req.raw}
-            pending = self._native_pool.submit(self.native, NATIVE_PATH, doc)
-        try:
-            violations = self.gatekeeper.review(req.raw)[0] if self.gatekeeper else []
-        finally:
-            decision = pending.result() if pending is not None else None
+        doc = {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": req.raw}
+        gatekeeper = self.gatekeeper
+        decision: Decision | None = None
+        if gatekeeper is not None and gatekeeper.native_revision is not None:
+            violations, decision = gatekeeper.review_all(doc)
+            if decision is None and self.native is not None:  # the engine was swapped
+                decision = self.native(NATIVE_PATH, doc)
+        else:
+            pending: Future[Decision] | None = None
+            if self.native is not None:
+                pending = self._native_pool.submit(self.native, NATIVE_PATH, doc)
+            try:
+                violations = gatekeeper.review(req.raw)[0] if gatekeeper else []
+            finally:
+                decision = pending.result() if pending is not None else None
         if decision is not None:
             if not decision.defined:  # no native policy loaded: fail closed, never allow blind
                 raise PolicyEvalError(f"data.{NATIVE_PATH.replace('/', '.')} is undefined")

@@ -35,6 +35,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from dataclasses import replace as with_fields
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,15 @@ TARGET = "admission.k8s.gatekeeper.sh"
 ACTIONS = ("deny", "dryrun", "warn")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 WRAPPER_PACKAGE = "zgwrapper"
+NATIVE_DOCUMENT = "zerogate.admission.decision"  # the native policy's answer
+NATIVE_PREFIX = "native/"  # module ids of the native policy inside the Gatekeeper engine
 
 __all__ = [
     "Constraint",
     "ConstraintTemplate",
     "GatekeeperError",
     "GatekeeperSet",
+    "NativePolicy",
     "Violation",
     "load_objects",
     "parse_constraint",
@@ -231,23 +235,34 @@ def _rewrite(source: str, name: str, *, module: str, is_lib: bool) -> str:
     return "".join(out)
 
 
-def _wrapper() -> str:
+def _wrapper(native: bool) -> str:
     """The one rule that evaluates every selected constraint: ``c.template`` picks the
     template's package by a dynamic ref (a lookup in OPA's rule tree; measured ~25% cheaper
     for the 13 library templates matching a Pod than one rule per template, each scanning
-    ``input.constraints``)."""
-    return "\n".join(
-        [
-            f"package {WRAPPER_PACKAGE}",
+    ``input.constraints``). The input is the AdmissionReview (``input.request``) plus
+    ``input.constraints``; ``combined`` adds the native decision when the native policy is
+    compiled into the same engine (``GatekeeperSet.set_native``): one call answers both."""
+    lines = [
+        f"package {WRAPPER_PACKAGE}",
+        "",
+        "results[key] := v if {",
+        "\tsome key, c in input.constraints",
+        "\tv := data.zgtemplates[c.template].violation with input as "
+        '{"review": input.request, "parameters": c.parameters}',
+        "}",
+        "",
+    ]
+    if native:
+        # a list, so an undefined native decision is [] (the caller fails closed on it)
+        # instead of making the whole document undefined
+        lines += [
+            f"native := [d | d := data.{NATIVE_DOCUMENT}]",
             "",
-            "results[key] := v if {",
-            "\tsome key, c in input.constraints",
-            "\tv := data.zgtemplates[c.template].violation with input as "
-            '{"review": input.review, "parameters": c.parameters}',
-            "}",
-            "",
+            'combined := {"gatekeeper": results, "native": native}',
         ]
-    )
+    else:
+        lines.append('combined := {"gatekeeper": results}')
+    return "\n".join(lines) + "\n"
 
 
 EngineFactory = Callable[[], PolicyEngine]
@@ -285,11 +300,29 @@ def serving_engine() -> PolicyEngine:
     return default_engine(eval_parallelism())
 
 
+@dataclass(frozen=True, slots=True)
+class NativePolicy:
+    """One revision of the native policy (the policy store's snapshot) to compile into the
+    Gatekeeper engine, so one engine call answers both (``GatekeeperSet.review_all``)."""
+
+    revision: str
+    modules: Mapping[str, str]
+    data: Mapping[str, Any]
+
+
 class GatekeeperSet:
     """The active templates, constraints and inventory, compiled into one engine.
 
     ``replace`` builds everything in one go: bad templates are dropped and reported in
     ``errors`` (keyed by template name), the others stay active.
+
+    With ``set_native`` the native policy's modules and data are compiled into the same
+    engine (module ids under ``native/``), and ``review_all`` answers the native decision and
+    every matching constraint in one evaluation: the input is converted once and one call
+    crosses into the engine instead of two (~10% less CPU per review with the library set).
+    The native policy merges only when it can share the engine: when its data has no
+    ``inventory`` key and it compiles beside the templates; otherwise ``native_revision``
+    stays None, it is logged, and the caller evaluates the native policy on its own engine.
     """
 
     def __init__(self, engine: PolicyEngine | None = None) -> None:
@@ -302,9 +335,20 @@ class GatekeeperSet:
         self.orphans: list[str] = []  # constraints without an active template
         self._active: dict[str, ConstraintTemplate] = {}  # by constraint kind
         self.revision: str | None = None
+        self._native: NativePolicy | None = None
+        self.native_revision: str | None = None  # the native revision compiled in, if any
 
     def close(self) -> None:
         self._engine.close()
+
+    def set_native(self, native: NativePolicy | None, *, compile: bool = True) -> None:
+        """Compile ``native`` (None: none) beside the active templates. A native revision
+        that cannot share the engine leaves the templates as they are, with no native
+        policy merged (``native_revision`` None)."""
+        with self._lock:
+            self._native = native
+        if compile:
+            self.replace(self.templates.values(), self.constraints.values(), self.inventory)
 
     def replace(
         self,
@@ -321,13 +365,27 @@ class GatekeeperSet:
                 modules_of[name] = self._modules(tmpl)
             except PolicyCompileError as exc:
                 errors[name] = list(exc.errors)
-        data = {"inventory": dict(inventory if inventory is not None else self.inventory)}
+        data: dict[str, Any] = {
+            "inventory": dict(inventory if inventory is not None else self.inventory)
+        }
         with self._lock:
+            native = self._native
+            if native is not None and "inventory" in native.data:
+                log.warning(
+                    "event=admission.native_separate revision=%s reason=%s",
+                    native.revision,
+                    "the native policy's data has an 'inventory' key (Gatekeeper's)",
+                )
+                native = None
             while True:
                 modules = {m: s for mods in modules_of.values() for m, s in mods.items()}
-                modules[f"gatekeeper/{WRAPPER_PACKAGE}.rego"] = _wrapper()
+                modules[f"gatekeeper/{WRAPPER_PACKAGE}.rego"] = _wrapper(native is not None)
+                if native is not None:
+                    modules.update({NATIVE_PREFIX + m: src for m, src in native.modules.items()})
                 try:
-                    revision = self._engine.load(modules, data)
+                    revision = self._engine.load(
+                        modules, {**native.data, **data} if native is not None else data
+                    )
                     break
                 except PolicyCompileError as exc:
                     culprits = {
@@ -335,6 +393,15 @@ class GatekeeperSet:
                         for e in exc.errors
                         if e.file.startswith("gatekeeper/") and e.file.count("/") >= 2
                     } & set(modules_of)
+                    if not culprits and native is not None:
+                        # the native policy compiled on its own: it clashes with the set
+                        log.warning(
+                            "event=admission.native_separate revision=%s reason=%r",
+                            native.revision,
+                            "; ".join(str(e) for e in exc.errors),
+                        )
+                        native = None
+                        continue
                     if not culprits:
                         culprits = set(modules_of)  # unattributable: drop all, report
                     for name in culprits:
@@ -351,6 +418,7 @@ class GatekeeperSet:
             self.inventory = data["inventory"]
             self.errors = errors
             self.revision = revision
+            self.native_revision = native.revision if native is not None else None
         for name, errs in errors.items():
             log.warning(
                 "event=admission.template_rejected template=%s error=%s",
@@ -391,28 +459,64 @@ class GatekeeperSet:
         ]
 
     def review(self, review: Mapping[str, Any]) -> tuple[list[Violation], Decision | None]:
-        """Evaluate every matching constraint against ``review`` in one engine call.
-        Raises PolicyError on engine failure (callers fail closed)."""
+        """Evaluate every matching constraint against ``review`` (an AdmissionRequest) in one
+        engine call. Raises PolicyError on engine failure (callers fail closed)."""
         selected = self.matching(review)
         if not selected:
             return [], None
-        constraints = {
+        decision = self._engine.evaluate(
+            f"{WRAPPER_PACKAGE}/results",
+            {"request": review, "constraints": self._selected(selected)},
+        )
+        return self._violations(selected, decision.result), decision
+
+    def review_all(self, document: Mapping[str, Any]) -> tuple[list[Violation], Decision | None]:
+        """The native decision and every matching constraint's violations for
+        ``document`` (the whole AdmissionReview: ``document["request"]`` is the request) in
+        one engine call. The Decision is the native policy's (``defined`` False when it has
+        no ``decision``: callers fail closed), or None when no native policy is compiled in
+        (``native_revision`` None): the caller then evaluates it itself."""
+        native_revision = self.native_revision
+        request = document["request"]
+        selected = self.matching(request)
+        if native_revision is None and not selected:
+            return [], None
+        decision = self._engine.evaluate(
+            f"{WRAPPER_PACKAGE}/combined",
+            {**document, "constraints": self._selected(selected)},
+        )
+        combined = decision.result if isinstance(decision.result, Mapping) else {}
+        violations = self._violations(selected, combined.get("gatekeeper"))
+        native = combined.get("native")
+        if native_revision is None or not isinstance(native, list):
+            return violations, None  # not compiled in (or a swap raced this call)
+        return violations, with_fields(
+            decision,
+            result=native[0] if native else None,
+            defined=bool(native),
+            revision=native_revision,
+            path=NATIVE_DOCUMENT.replace(".", "/"),
+        )
+
+    def _selected(self, selected: list[Constraint]) -> dict[str, Any]:
+        return {
             c.key: {"template": self._active[c.kind].name, "parameters": c.parameters}
             for c in selected
+            if c.kind in self._active
         }
-        decision = self._engine.evaluate(
-            f"{WRAPPER_PACKAGE}/results", {"review": review, "constraints": constraints}
-        )
-        results = decision.result if isinstance(decision.result, Mapping) else {}
+
+    @staticmethod
+    def _violations(selected: list[Constraint], results: Any) -> list[Violation]:
+        results = results if isinstance(results, Mapping) else {}
         by_key = {c.key: c for c in selected}
         violations: list[Violation] = []
         for key in sorted(results):
             for item in results[key] or []:
-                if isinstance(item, Mapping):
+                if isinstance(item, Mapping) and key in by_key:
                     violations.append(
                         Violation(by_key[key], str(item.get("msg", "")), item.get("details", {}))
                     )
-        return violations, decision
+        return violations
 
 
 def inventory_from(objects: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

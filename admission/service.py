@@ -5,6 +5,12 @@ applied objects + inventory), the ``Admitter`` over it and the native policy, an
                                db=db, meter=telemetry.meter("zerogate.admission"))
     await service.start()                       # compiles templates; bad ones are reported
     app.include_router(service.router())        # on the control plane's TLS listener
+
+With ``native_source`` (the policy store, when the policy engine is the embedded OPA) the
+native policy's active revision is compiled into the Gatekeeper engine as well and follows
+every policy reload, so each review is one engine call (``GatekeeperSet.review_all``). Between
+a policy reload and admission's recompile (about a second with the library set) reviews are
+answered by the previous native revision; the audit record names the revision used.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from fastapi import APIRouter
 from opentelemetry.metrics import Meter
 
 from admission.admit import Admitter, NativeDecide
-from admission.gatekeeper import GatekeeperSet, serving_engine
+from admission.gatekeeper import GatekeeperSet, NativePolicy, serving_engine
 from admission.mutate import DEFAULT_SOCKET
 from admission.objects import ObjectStore, load_active
 from admission.webhook import router
 from policy.engine import PolicyEngine
 from policy.errors import ErrorLocation
+from policy.store import PolicyStore, Snapshot
 from zerogate.audit import AuditSink
 from zerogate.config import AdmissionSettings
 from zerogate.store import Database
@@ -42,8 +49,10 @@ class AdmissionService:
         meter: Meter | None = None,
         socket_path: str = DEFAULT_SOCKET,
         engine_factory: Callable[[], PolicyEngine] = serving_engine,
+        native_source: PolicyStore | None = None,
     ) -> None:
         self.settings = settings
+        self.native_source = native_source
         self.store = ObjectStore(db) if db is not None else None
         self.gatekeeper = GatekeeperSet(engine_factory())
         self.admitter = Admitter(
@@ -77,8 +86,23 @@ class AdmissionService:
         return errors
 
     async def start(self) -> None:
+        if self.native_source is not None:
+            if self.native_source.revision is not None:
+                self._follow(self.native_source.snapshot, compile=False)
+            self.native_source.on_change(self._follow)
         self.reload()
         self._started = True
+
+    def _follow(self, snapshot: Snapshot, *, compile: bool = True) -> None:
+        """A new native revision (policy store listener): compile it beside the templates."""
+        self.gatekeeper.set_native(
+            NativePolicy(snapshot.revision, snapshot.modules, snapshot.data), compile=compile
+        )
+        log.info(
+            "event=admission.native_followed revision=%s merged=%s",
+            snapshot.revision,
+            self.gatekeeper.native_revision == snapshot.revision if compile else "pending",
+        )
 
     async def stop(self) -> None:
         self._started = False

@@ -55,6 +55,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from zerogate.cli import GO_RUNTIME_DEFAULTS  # noqa: E402
+
 LIBRARY = REPO / "tests" / "admission" / "gatekeeper-library"
 PAYLOADS = REPO / "tests" / "admission" / "payloads"
 
@@ -95,9 +97,10 @@ def _issue(tmp: Path) -> tuple[Path, Path, Path]:
     return tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
 
 
-def _full_gatekeeper() -> Any:
+def _full_gatekeeper(native: Any = None) -> Any:
     from admission.gatekeeper import (
         GatekeeperSet,
+        NativePolicy,
         load_objects,
         parse_constraint,
         parse_template,
@@ -151,6 +154,8 @@ def _full_gatekeeper() -> Any:
             )
         )
     gk = GatekeeperSet(serving_engine())  # as AdmissionService builds it
+    if native is not None:  # as AdmissionService does on the embedded OPA
+        gk.set_native(NativePolicy(*native), compile=False)
     errors = gk.replace(out_t, out_c)
     assert not errors, errors
     return gk
@@ -175,7 +180,12 @@ def serve(config: str, port_file: Path, cert: Path, key: Path) -> None:
         engine = OpaEmbeddedEngine()
         engine.load(dict(sources.modules), dict(sources.data))
         native = engine.evaluate
-        gk = _full_gatekeeper()
+        # the native policy compiled into the Gatekeeper engine too (one call per review),
+        # as `zerogate serve` runs it on the embedded OPA (admission.service)
+        separate = os.environ.get("ZEROGATE_BENCH_NATIVE") == "separate"
+        gk = _full_gatekeeper(
+            None if separate else (engine.revision, sources.modules, sources.data)
+        )
     # one audit record per decision, as in production (group commit on SQLite)
     db = Database.open(f"sqlite:///{port_file.parent / f'audit-{config}.db'}")
     audit = AuditLog.open(db, signing_key=port_file.parent / f"audit-{config}.key")
@@ -350,8 +360,8 @@ def run(
             "--key",
             str(key),
         ],
-        # GOGC as the zerogate CLI sets it for the embedded OPA (zerogate.cli)
-        env={"GOGC": "400", **os.environ, "PYTHONPATH": str(REPO)},
+        # the Go runtime settings the zerogate CLI sets for the embedded OPA (zerogate.cli)
+        env={**GO_RUNTIME_DEFAULTS, **os.environ, "PYTHONPATH": str(REPO)},
     )
     try:
         deadline = time.monotonic() + 120

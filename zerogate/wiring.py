@@ -310,6 +310,9 @@ def assemble(plane: ControlPlane) -> None:
         audit=kernel.audit,
         db=kernel.db,
         meter=kernel.telemetry.meter("zerogate.admission"),
+        # on the embedded OPA the native policy is compiled into admission's engine too
+        # (one call per review); remote OPA and regorus keep their own evaluation
+        native_source=policy.store if policy.engine.name == "opa" else None,
     )
     plane.add_component(_Named("admission", admission))
     plane.app.include_router(admission.router())

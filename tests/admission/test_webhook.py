@@ -15,15 +15,16 @@ from typing import Any
 
 import jsonpatch
 import pytest
-from admission_support import PAYLOADS, constraint, serve_webhook
+from admission_support import PAYLOADS, REPO, constraint, serve_webhook
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from admission.admit import AUDIT_KIND, Admitter
-from admission.gatekeeper import ConstraintTemplate, GatekeeperSet, serving_engine
+from admission.gatekeeper import ConstraintTemplate, GatekeeperSet, NativePolicy, serving_engine
 from admission.mutate import ENV_NAME
 from admission.webhook import MAX_BODY_BYTES
 from policy.opa_embedded import OpaEmbeddedEngine
+from policy.sources import load_directory
 from zerogate.audit import AuditLog, tail
 from zerogate.store import Database
 
@@ -50,9 +51,21 @@ def _deny_constraints() -> list[Any]:
     ]
 
 
-@pytest.fixture
-def gatekeeper(library_templates: list[ConstraintTemplate]) -> Any:
+@pytest.fixture(params=["separate", "merged"])
+def gatekeeper(
+    request: pytest.FixtureRequest,
+    library_templates: list[ConstraintTemplate],
+    native_engine: OpaEmbeddedEngine,
+) -> Any:
+    """Every test runs with the native policy on its own engine and compiled into the
+    Gatekeeper engine (one call per review, as ``zerogate serve`` runs on the embedded OPA):
+    the answers must be the same."""
     gk = GatekeeperSet(OpaEmbeddedEngine())
+    if request.param == "merged":
+        sources = load_directory(REPO / "rego")
+        revision = native_engine.revision
+        assert revision is not None
+        gk.set_native(NativePolicy(revision, sources.modules, sources.data), compile=False)
     errors = gk.replace(
         library_templates,
         [
@@ -74,6 +87,8 @@ def gatekeeper(library_templates: list[ConstraintTemplate]) -> Any:
         ],
     )
     assert errors == {}
+    merged = request.param == "merged"
+    assert gk.native_revision == (native_engine.revision if merged else None)
     yield gk
     gk.close()
 

@@ -101,3 +101,18 @@ def test_cli_reports_config_errors_with_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["audit", "tail", "--config", str(cfg)])
     assert result.exit_code == 2
     assert "bogus_key: unknown key" in result.output
+
+
+def test_cli_sets_go_runtime_defaults_unless_the_operator_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from zerogate.cli import GO_RUNTIME_DEFAULTS
+
+    monkeypatch.delenv("GOMEMLIMIT", raising=False)
+    monkeypatch.setenv("GOGC", "100")  # the operator's own value
+    target = tmp_path / "zerogate.yaml"
+    assert CliRunner().invoke(app, ["init", "--path", str(target)]).exit_code == 0
+    assert os.environ["GOGC"] == "100"
+    assert os.environ["GOMEMLIMIT"] == GO_RUNTIME_DEFAULTS["GOMEMLIMIT"] == "1GiB"
