@@ -51,8 +51,13 @@ def _sqlite_begin(conn: Connection) -> None:
     # pysqlite's own BEGIN is deferred and issued late; a deferred transaction that reads and
     # then writes can fail with SQLITE_BUSY instead of waiting. Writers that read first (the
     # audit chain head) ask for ``execution_options(sqlite_begin="IMMEDIATE")``.
+    # On the driver's cursor: every write transaction starts here, and a statement through
+    # SQLAlchemy's execution context cost ~40 us (about 8% of a single-alert Falco POST).
     mode = conn.get_execution_options().get("sqlite_begin", "")
-    conn.exec_driver_sql(f"BEGIN {mode}" if mode in ("IMMEDIATE", "EXCLUSIVE") else "BEGIN")
+    DriverCursor(conn).execute(_BEGIN.get(mode, "BEGIN"))
+
+
+_BEGIN = {"IMMEDIATE": "BEGIN IMMEDIATE", "EXCLUSIVE": "BEGIN EXCLUSIVE"}
 
 
 class _WalCheckpointer:
