@@ -20,6 +20,10 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 PY=$PYTHON
 OUT=${OUT:-}
+# PARTS: which sections run (comma-separated): backends, gated, serving (the served-path
+# probe: where the served embeddings throughput goes; not in the default set)
+PARTS=${PARTS:-backends,gated}
+part() { case ",$PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 # On a GPU machine the files travel without .venv (64 MiB at most, no network there): the
@@ -65,6 +69,7 @@ PYEOF
 )
 echo "device: $DEVICE"
 
+if part backends; then
 echo "== model backends (bench/inference_backends.py)"
 DATA_DIR=$(mktemp -d)
 trap 'rm -rf "$DATA_DIR"' EXIT
@@ -79,13 +84,29 @@ if [ -n "$OUT" ]; then ARGS+=(--json-out "$OUT/inference_backends.json"); fi
 if [ -n "${EMBEDDINGS_PATH:-}" ]; then ARGS+=(--embeddings-path "$EMBEDDINGS_PATH"); fi
 if [ -n "${CHAT_PATH:-}" ]; then ARGS+=(--chat-path "$CHAT_PATH"); fi
 timeout 240 "$PY" bench/inference_backends.py "${ARGS[@]}" --data-dir "$DATA_DIR"
+fi
 
-if [ -f bench/inference.py ]; then
+if part gated; then
   echo "== gated vs ungated (bench/inference.py)"
   GATE_ARGS=(--device "$DEVICE" --seconds 10 --rounds 2)
-  if [ "$DEVICE" = cuda ]; then GATE_ARGS+=(--concurrency 64 --inputs 8 --batch-max 128); fi
+  # four load processes: one httpx process tops out below what the GPU serves (PARTS=serving)
+  if [ "$DEVICE" = cuda ]; then GATE_ARGS+=(--concurrency 64 --inputs 8 --batch-max 128 --clients 4); fi
   if [ -n "${EMBEDDINGS_PATH:-}" ]; then GATE_ARGS+=(--embeddings-path "$EMBEDDINGS_PATH"); fi
   timeout 150 "$PY" bench/inference.py "${GATE_ARGS[@]}"
-else
-  echo "== gated vs ungated: bench/inference.py not present yet (phase 2)"
+fi
+
+if part serving; then
+  # Served ungated embeddings, four ways, to find what caps the served path: the load
+  # generator (1 vs 4 client processes), the reply's float JSON (float vs base64, which the
+  # openai SDK asks for by default), and the interpreter lock's switch interval (5 vs 0.5 ms).
+  SERVE_ARGS=(--device "$DEVICE" --variants ungated --rounds 1 --seconds 8 --gate-calls 200)
+  if [ "$DEVICE" = cuda ]; then SERVE_ARGS+=(--concurrency 64 --inputs 8 --batch-max 128); fi
+  if [ -n "${EMBEDDINGS_PATH:-}" ]; then SERVE_ARGS+=(--embeddings-path "$EMBEDDINGS_PATH"); fi
+  for extra in "--clients 1" "--clients 4" "--clients 4 --encoding-format base64" \
+      "--clients 4 --switch-interval 0.0005"; do
+    echo "== served, ungated: $extra"
+    # shellcheck disable=SC2086
+    timeout 100 "$PY" bench/inference.py "${SERVE_ARGS[@]}" $extra 2>&1 \
+      | grep -E "^(micro-batches|ungated)" || true
+  done
 fi
