@@ -39,6 +39,7 @@ from inference.backends.base import (  # noqa: E402
     ChatRequest,
     ChatResponse,
     EmbeddingsRequest,
+    EmbeddingsResponse,
 )
 from inference.backends.local_torch_chat import LocalTorchChat  # noqa: E402
 from inference.backends.local_torch_embeddings import LocalTorchEmbeddings  # noqa: E402
@@ -133,7 +134,8 @@ def random_weights(config_dir: Path, target: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(config_dir)))
+    config = AutoConfig.from_pretrained(str(config_dir))
+    model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     model.save_pretrained(str(target))
     AutoTokenizer.from_pretrained(str(config_dir)).save_pretrained(str(target))
     return target
@@ -166,7 +168,7 @@ async def bench_chat(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]
                     backend.name, messages, max_tokens=args.chat_tokens, temperature=0, stream=True
                 )
             )
-            assert not isinstance(stream, ChatResponse)
+            assert not isinstance(stream, ChatResponse | EmbeddingsResponse)
             started = time.perf_counter()
             first: float | None = None
             tokens = 0
