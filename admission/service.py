@@ -77,11 +77,12 @@ class AdmissionService:
         if object_errors:
             errors = {**errors, "": object_errors}
         log.info(
-            "event=admission.reload templates=%d constraints=%d errors=%d revision=%s",
+            "event=admission.reload templates=%d constraints=%d errors=%d revision=%s native=%s",
             len(templates),
             len(constraints),
             len(errors),
             self.gatekeeper.revision,
+            self.gatekeeper.native_revision,  # the native revision compiled in, or None
         )
         return errors
 

@@ -181,6 +181,10 @@ def test_admission_webhook_on_the_control_plane(served: Served) -> None:
         assert any(e["name"] == "SPIFFE_ENDPOINT_SOCKET" for e in env)
         bad = client.post("/admission/validate", content=b"{not json")
         assert bad.status_code == 400
+    assert "[zerogate.admission]" in denied["status"]["message"]
+    # on the embedded OPA the native policy is compiled into admission's engine (one call)
+    reloads = [line for line in served.log_lines if "event=admission.reload" in line]
+    assert reloads and "native=None" not in reloads[-1], reloads
     manifests = list(yaml.safe_load_all(served.cli("admission", "manifests")))
     bundle = served.cli("bundle", "show", "--format", "pem")
     ca = base64.b64decode(manifests[0]["webhooks"][0]["clientConfig"]["caBundle"]).decode()
