@@ -131,7 +131,7 @@ class PolicyService:
             },
         )
         if log:
-            self._log(decision, input)
+            self.log_decision(decision, input)
         return decision
 
     async def adecide(
@@ -181,7 +181,9 @@ class PolicyService:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _log(self, decision: Decision, input: Any) -> None:
+    def log_decision(self, decision: Decision, input: Any) -> None:
+        """Write ``decision`` to the decision log (for callers that decide with ``log=False``
+        and record only some decisions). Raises PolicyEvalError when the log refuses it."""
         if self._audit is None:
             return
         record = decision_record(

@@ -72,14 +72,20 @@ def policy_authorizer(
 ) -> SubmitAuthorizer:
     """Ask ``data.zerogate.runtime.submit`` (rego/runtime/policy.rego) whether a SPIFFE ID may
     submit events. ``policy`` is a policy.service.PolicyService; errors propagate (the route
-    answers 503: fail closed)."""
+    answers 503: fail closed).
+
+    A refusal is written to the decision log. An allow is not: Falco's http_output sends one
+    request per alert, and a decision record for each would double the audit writes of every
+    single-alert POST. Instead each stored event's ``runtime.event`` record names its
+    ``submitter``, as the inference gate's ``inference.call`` record carries its decision."""
 
     async def authorize(spiffe_id: str) -> bool:
+        input_ = {"subject": {"spiffe_id": spiffe_id, "trust_domain": trust_domain}}
         decision = await policy.adecide(
-            path,
-            {"subject": {"spiffe_id": spiffe_id, "trust_domain": trust_domain}},
-            cache_key=("runtime.submit", spiffe_id),
+            path, input_, cache_key=("runtime.submit", spiffe_id), log=False
         )
+        if not decision.allowed:
+            policy.log_decision(decision, input_)
         return bool(decision.allowed)
 
     return authorize
@@ -174,7 +180,7 @@ def submit_endpoint(
             )
         try:
             results = await asyncio.wrap_future(
-                ingestor.submit(alerts, "http", trace_id=_trace_id())
+                ingestor.submit(alerts, "http", trace_id=_trace_id(), submitter=spiffe_id)
             )
         except ZerogateError as exc:
             return error(503, exc.code, exc.message)

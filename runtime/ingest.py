@@ -53,6 +53,7 @@ class _Job:
     alerts: Sequence[FalcoAlert]
     ingest: str
     trace_id: str | None
+    submitter: str | None = None
     future: Future[list[StoreResult]] = field(default_factory=Future)
 
 
@@ -68,10 +69,16 @@ def workload_key(alert: FalcoAlert) -> str:
 
 
 def audit_payload(
-    alert: FalcoAlert, result: StoreResult, ingest: str, trace_id: str | None
+    alert: FalcoAlert,
+    result: StoreResult,
+    ingest: str,
+    trace_id: str | None,
+    submitter: str | None = None,
 ) -> dict[str, Any]:
     """Kept small on purpose (one record per event; RFC 8785 canonicalisation is the cost):
-    the full alert is in runtime_event.raw, found by event_id."""
+    the full alert is in runtime_event.raw, found by event_id. ``submitter`` is the SPIFFE ID
+    that POSTed it (HTTP source): the submit policy's allow decisions are not logged one by
+    one, so this is where the trail shows who submitted each event."""
     payload: dict[str, Any] = {
         "event_id": result.event_id,
         "rule": alert.rule,
@@ -84,6 +91,8 @@ def audit_payload(
         payload["occurrence"] = result.occurrence
     if trace_id:
         payload["trace_id"] = trace_id
+    if submitter:
+        payload["submitter"] = submitter
     return payload
 
 
@@ -128,12 +137,17 @@ class EventIngestor:
         return self._thread is not None and self._thread.is_alive() and not self._closed
 
     def submit(
-        self, alerts: Sequence[FalcoAlert], ingest: str, *, trace_id: str | None = None
+        self,
+        alerts: Sequence[FalcoAlert],
+        ingest: str,
+        *,
+        trace_id: str | None = None,
+        submitter: str | None = None,
     ) -> Future[list[StoreResult]]:
         if self._closed:
             raise StoreError("event ingestion is stopped")
         self.start()
-        job = _Job(alerts, ingest, trace_id)
+        job = _Job(alerts, ingest, trace_id, submitter)
         if not alerts:
             job.future.set_result([])
             return job.future
@@ -218,20 +232,20 @@ class EventIngestor:
                 self._write(jobs)
 
     def _write(self, jobs: list[_Job]) -> None:
-        flat = [(alert, job.ingest, job.trace_id) for job in jobs for alert in job.alerts]
+        flat = [(alert, job) for job in jobs for alert in job.alerts]
 
         def audit_new(conn: Connection, stored: list[tuple[int, StoreResult]]) -> list[int]:
             # in the storing transaction: each event and its record commit together
-            return self._audit.write_in(
-                conn,
-                AUDIT_KIND,
-                [audit_payload(flat[i][0], result, flat[i][1], flat[i][2]) for i, result in stored],
-            )
+            payloads = []
+            for i, result in stored:
+                alert, job = flat[i]
+                payloads.append(
+                    audit_payload(alert, result, job.ingest, job.trace_id, job.submitter)
+                )
+            return self._audit.write_in(conn, AUDIT_KIND, payloads)
 
         try:
-            results = self._store.store_many(
-                [(a, ingest) for a, ingest, _ in flat], audit=audit_new
-            )
+            results = self._store.store_many([(a, job.ingest) for a, job in flat], audit=audit_new)
         except Exception as exc:  # the database refused: every job in the batch fails
             self.stats["failed_batches"] += 1
             log.error("event=runtime.ingest.store_failed error=%s", exc)
@@ -240,8 +254,8 @@ class EventIngestor:
                 job.future.set_exception(err)
             return
         new = [
-            NewEvent(alert, result, ingest, trace_id)
-            for (alert, ingest, trace_id), result in zip(flat, results, strict=True)
+            NewEvent(alert, result, job.ingest, job.trace_id)
+            for (alert, job), result in zip(flat, results, strict=True)
             if result.status == "stored"
         ]
         # the events and their records are durable: hand them to the responder (it only

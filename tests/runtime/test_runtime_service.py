@@ -75,6 +75,20 @@ async def test_alert_to_quarantine_through_open_runtime(
     finally:
         await rt.stop()
     runtime_audit.flush()
-    kinds = [r.kind for r in tail(database, n=100)]
+    records = tail(database, n=100)
+    kinds = [r.kind for r in records]
     assert "runtime.event" in kinds and "runtime.action" in kinds
     assert "runtime.quarantine" in kinds and "policy.decision" in kinds
+    # the submit policy: the refusal is in the decision log, the allow is not (one record per
+    # POST would double the audit writes of Falco's one-alert requests); the event's own
+    # record names who submitted it
+    submits = [
+        r.payload
+        for r in records
+        if r.kind == "policy.decision" and r.payload.get("path") == "zerogate/runtime/submit"
+    ]
+    assert [p["input"]["subject"]["spiffe_id"] for p in submits] == [
+        "spiffe://zerogate.internal/app"
+    ]
+    events = [r.payload for r in records if r.kind == "runtime.event"]
+    assert [e["submitter"] for e in events] == [FALCO_ID]
