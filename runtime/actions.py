@@ -34,7 +34,6 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 import httpx
-from sqlalchemy.exc import OperationalError
 
 from identity.denylist import DenyList
 from identity.entries import EntryRepository
@@ -332,7 +331,7 @@ class Responder:
                 raise _Skip("no entry repository wired")
             entry_id = str(action.get("entry_id", ""))
             entries = self._entries
-            _retry_locked(lambda: entries.update(entry_id, {"disabled": True}, actor="runtime"))
+            entries.update(entry_id, {"disabled": True}, actor="runtime")
             if self._denylist is not None:
                 self._denylist.add(
                     "spiffe_id", str(action.get("spiffe_id", "")), reason=reason, actor="runtime"
@@ -386,16 +385,3 @@ class Responder:
 
 class _Skip(Exception):
     pass
-
-
-def _retry_locked(call: Callable[[], object], attempts: int = 5) -> None:
-    """identity's repositories write in deferred SQLite transactions, which fail at once with
-    "database is locked" while another writer holds the lock: retry those (only those)."""
-    for attempt in range(attempts):
-        try:
-            call()
-            return
-        except OperationalError as exc:
-            if "database is locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.01 * 2**attempt)

@@ -21,7 +21,6 @@ from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from runtime.falco import FalcoAlert, Priority
-from runtime.tx import write
 from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.errors import StoreError
 from zerogate.store import Database, driver_cursor
@@ -220,12 +219,12 @@ class EventStore:
             return []
         for attempt in range(_RETRIES):
             try:
-                with write(self._db) as conn:
+                with self._db.begin() as conn:
                     return self._store(conn, items, audit)
             except IntegrityError:
                 # another writer stored one of these ids between our read and our insert
                 log.debug("event=runtime.store.retry attempt=%d", attempt + 1)
-        with write(self._db) as conn:  # last try; an error now propagates
+        with self._db.begin() as conn:  # last try; an error now propagates
             return self._store(conn, items, audit)
 
     def _store(
@@ -328,7 +327,7 @@ class EventStore:
         """Record the audit seq of each stored row (row id -> seq)."""
         if not seqs:
             return
-        with write(self._db) as conn:
+        with self._db.begin() as conn:
             self._mark(conn, seqs)
 
     @staticmethod
@@ -340,7 +339,7 @@ class EventStore:
             )
 
     def set_identities(self, row_id: int, spiffe_ids: list[str]) -> None:
-        with write(self._db) as conn:
+        with self._db.begin() as conn:
             conn.execute(
                 update(runtime_event)
                 .where(runtime_event.c.id == row_id)

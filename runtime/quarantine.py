@@ -46,7 +46,6 @@ from sqlalchemy import Connection, select, update
 from identity.spiffeid import InvalidSpiffeIdError, SpiffeId
 from runtime.errors import QuarantineError, QuarantineNotFoundError
 from runtime.state import put_in
-from runtime.tx import write
 from zerogate.audit import AuditSink
 from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.store import Database
@@ -295,7 +294,7 @@ class QuarantineService(ActiveQuarantines):
         current = self.is_quarantined(spiffe_id)
         if current is not None and current.expires_at >= expires:
             return current
-        with write(self._db) as conn:
+        with self._db.begin() as conn:
             revision = _bump(conn, self._clock)
             new_id = conn.execute(
                 runtime_quarantine.insert()
@@ -330,7 +329,7 @@ class QuarantineService(ActiveQuarantines):
         """End every active quarantine of ``spiffe_id``; QuarantineNotFoundError when none."""
         spiffe_id = check_spiffe_id(spiffe_id)
         now = self._clock.now()
-        with write(self._db) as conn:
+        with self._db.begin() as conn:
             rows = conn.execute(
                 select(runtime_quarantine)
                 .where(runtime_quarantine.c.spiffe_id == spiffe_id)

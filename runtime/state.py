@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
-from runtime.tx import write
 from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.store import Database
 from zerogate.store.tables import runtime_state
@@ -29,7 +28,7 @@ class StateStore:
             ).scalar()
 
     def put(self, key: str, value: Any) -> None:
-        with write(self._db) as conn:
+        with self._db.begin() as conn:
             put_in(conn, key, value, self._clock)
 
 

@@ -443,7 +443,7 @@ class AuditLog:
         returns their seqs. They commit, or roll back, with the caller's own rows: a
         repository can store a row and its audit record atomically, with no window in which
         one exists without the other. On SQLite the transaction must hold the write lock
-        (``BEGIN IMMEDIATE``: runtime.tx.write); on PostgreSQL the chain's advisory lock is
+        (``BEGIN IMMEDIATE``: ``Database.begin``); on PostgreSQL the chain's advisory lock is
         taken here and held until the caller commits. Chain order with the writer thread is
         the database's commit order, as for several writer processes."""
         self._check_kind(kind)
