@@ -24,7 +24,10 @@ gate reports when it refuses a call.
 
 Implementations: ``QuarantineService`` (in the control plane: writes + an in-memory cache
 refreshed on its own writes at once and, for writes by other processes such as the CLI or
-other replicas, by ``start()``'s revision watch) and ``RemoteQuarantineView``
+other replicas, by ``start()``'s revision watch: on PostgreSQL a ``LISTEN`` on the
+``NOTIFY`` each change sends at commit, so another replica's quarantine arrives in
+milliseconds, with the interval as a fallback poll; on SQLite (one machine) a poll every
+``watch_interval_s``) and ``RemoteQuarantineView``
 (``runtime/remote.py``: a remote gate's copy fed by ``GET /v1/runtime/quarantine/watch``,
 server-sent events, so changes are pushed, not polled).
 """
@@ -41,7 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from identity.spiffeid import InvalidSpiffeIdError, SpiffeId
 from runtime.errors import QuarantineError, QuarantineNotFoundError
@@ -54,6 +57,7 @@ from zerogate.store.tables import runtime_quarantine, runtime_state
 log = logging.getLogger(__name__)
 
 REVISION_KEY = "quarantine.revision"
+NOTIFY_CHANNEL = "zerogate_quarantine"  # PostgreSQL: every change notifies its new revision
 AUDIT_KIND = "runtime.quarantine"
 
 
@@ -249,6 +253,9 @@ class QuarantineService(ActiveQuarantines):
         self._default_ttl = default_ttl_s
         self._watch_interval = watch_interval_s
         self._task: asyncio.Task[None] | None = None
+        self._listener: threading.Thread | None = None  # PostgreSQL: LISTEN thread
+        self._stop_listening = threading.Event()
+        self._listening = threading.Event()  # set while LISTEN is active
         self.refresh()
 
     # the view ----------------------------------------------------------------------------
@@ -424,7 +431,14 @@ class QuarantineService(ActiveQuarantines):
     # revision watch (writes by other processes) -------------------------------------------
 
     async def start(self) -> None:
-        if self._task is None:
+        if self._db.dialect == "postgresql":
+            if self._listener is None:
+                self._stop_listening.clear()
+                self._listener = threading.Thread(
+                    target=self._listen, name="quarantine-listen", daemon=True
+                )
+                self._listener.start()
+        elif self._task is None:
             self._task = asyncio.create_task(self._watch(), name="quarantine-watch")
 
     async def stop(self) -> None:
@@ -433,6 +447,18 @@ class QuarantineService(ActiveQuarantines):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._listener is not None:
+            self._stop_listening.set()
+            await asyncio.to_thread(self._wake_listener)
+            await asyncio.to_thread(self._listener.join, self._watch_interval + 5)
+            self._listener = None
+
+    def _wake_listener(self) -> None:
+        """Notify the channel so the listener sees its stop flag now rather than at its next
+        poll (other replicas listening on the channel only refresh)."""
+        with contextlib.suppress(Exception), self._db.engine.connect() as conn:
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, "stop")))
+            conn.commit()
 
     def ready(self) -> bool:
         return self._revision >= 0
@@ -445,6 +471,31 @@ class QuarantineService(ActiveQuarantines):
             except Exception as exc:
                 log.warning("event=runtime.quarantine.refresh_failed error=%s", exc)
 
+    def _listen(self) -> None:
+        """PostgreSQL: ``LISTEN`` on ``NOTIFY_CHANNEL`` (every change notifies in its own
+        transaction, so the notice arrives at commit) and refresh on each notice: another
+        replica's quarantine reaches this one's gates in milliseconds, not a poll interval.
+        The interval stays as a fallback poll, and a lost connection is reopened (with a
+        refresh, so nothing committed meanwhile is missed)."""
+        import psycopg
+
+        dsn = self._db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        while not self._stop_listening.is_set():
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.refresh()
+                    self._listening.set()
+                    while not self._stop_listening.is_set():
+                        for _ in conn.notifies(timeout=self._watch_interval, stop_after=1):
+                            pass
+                        self.refresh()
+            except Exception as exc:
+                log.warning("event=runtime.quarantine.listen_failed error=%s", exc)
+                self._stop_listening.wait(1.0)
+            finally:
+                self._listening.clear()
+
 
 def _bump(conn: Connection, clock: Clock) -> int:
     # FOR UPDATE serialises concurrent writers on PostgreSQL; SQLite has one writer anyway.
@@ -453,4 +504,6 @@ def _bump(conn: Connection, clock: Clock) -> int:
     ).scalar()
     revision = (int(current) if current is not None else 0) + 1
     put_in(conn, REVISION_KEY, revision, clock)
+    if conn.dialect.name == "postgresql":  # delivered to listeners when this transaction commits
+        conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, str(revision))))
     return revision

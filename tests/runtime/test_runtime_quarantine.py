@@ -164,3 +164,34 @@ async def test_remote_view_reconnects_and_catches_up(
             assert remote.ready() and not remote.is_denied(spiffe_id="spiffe://x.org/other")
     finally:
         await remote.stop()
+
+
+async def test_another_replicas_change_is_pushed_not_polled(database: Database) -> None:
+    """Two control-plane replicas on one database. On PostgreSQL the watch LISTENs for the
+    NOTIFY every change sends at commit, so with a 30 s poll interval a change still arrives
+    at once; SQLite (one machine) polls, here every 50 ms."""
+    push = database.dialect == "postgresql"
+    replica = QuarantineService(database, watch_interval_s=30 if push else 0.05)
+    got = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    replica.subscribe(
+        lambda c: loop.call_soon_threadsafe(got.set) if c.record.spiffe_id == APP else None
+    )
+    await replica.start()
+    try:
+        if push:
+            assert await asyncio.to_thread(replica._listening.wait, 10)
+        writer = QuarantineService(database)  # the other replica
+        started = loop.time()
+        await asyncio.to_thread(writer.add, APP, reason="Terminal shell in container", ttl_s=60)
+        await asyncio.wait_for(got.wait(), timeout=5)
+        assert loop.time() - started < 5
+        assert replica.is_quarantined(APP) is not None
+        got.clear()
+        await asyncio.to_thread(writer.release, APP)
+        await asyncio.wait_for(got.wait(), timeout=5)
+        assert replica.is_quarantined(APP) is None
+    finally:
+        stopping = loop.time()
+        await replica.stop()
+        assert loop.time() - stopping < 5  # the listener is woken, not left to its 30 s poll
