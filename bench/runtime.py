@@ -42,6 +42,7 @@ ALERT: dict[str, Any] = json.loads(
 )
 FALCO_ID = "spiffe://zerogate.internal/falco"
 HEADERS = {"x-bench-spiffe-id": FALCO_ID}
+NOISE = {"priority": "Notice", "rule": "Noisy rule"}  # the flood: matches no response rule
 
 
 def _alert(n: int, pod: str | None = None) -> dict[str, Any]:
@@ -233,7 +234,12 @@ def throughput(
     return single_rates, batch_rate
 
 
-def latency(url: str, tmp: Path, samples: int) -> list[float]:
+def latency(
+    url: str, tmp: Path, samples: int, *, flood: int = 0
+) -> tuple[list[float], list[float]]:
+    """Event-to-enforcement samples: ``samples`` on an idle responder, then (``flood`` > 0)
+    5 more, each POSTed right after a batch of ``flood`` Notice alerts from a noisy pod, so
+    the Critical alert arrives behind a responder backlog."""
     import httpx
 
     from identity.entries import EntryRepository, EntrySpec, Selector
@@ -255,7 +261,7 @@ def latency(url: str, tmp: Path, samples: int) -> list[float]:
     policy = open_policy(settings, audit)
     audit.flush()
     entries = EntryRepository(db, clock=SYSTEM_CLOCK, audit=audit)
-    for i in range(samples):
+    for i in range(samples + (5 if flood else 0)):
         entries.create(
             EntrySpec(
                 spiffe_id=SpiffeId.parse(f"spiffe://zerogate.internal/ns/default/pod/lat-{i}"),
@@ -267,6 +273,44 @@ def latency(url: str, tmp: Path, samples: int) -> list[float]:
         )
     rt = open_runtime(settings, db, audit, policy=policy, entries=entries)
     out: list[float] = []
+    flooded: list[float] = []
+    noisy = 0
+
+    async def enforce(client: httpx.Client, i: int, into: list[float], flood: int) -> None:
+        nonlocal noisy
+        sid = f"spiffe://zerogate.internal/ns/default/pod/lat-{i}"
+        seen = threading.Event()
+
+        def on_change(
+            change: QuarantineChange, sid: str = sid, seen: threading.Event = seen
+        ) -> None:
+            if change.record.spiffe_id == sid:
+                seen.set()
+
+        unsubscribe = rt.quarantine.subscribe(on_change)
+        if flood:
+            body = "\n".join(
+                json.dumps({**_alert(2 * 10**9 + noisy + k, pod="noisy"), **NOISE})
+                for k in range(flood)
+            )
+            noisy += flood
+            await asyncio.to_thread(
+                client.post,
+                "/v1/runtime/falco",
+                content=body.encode(),
+                headers={**HEADERS, "content-type": "application/x-ndjson"},
+            )
+        t0 = time.perf_counter()
+        await asyncio.to_thread(
+            client.post,
+            "/v1/runtime/falco",
+            json=_alert(10**9 + i, pod=f"lat-{i}"),
+            headers=HEADERS,
+        )
+        await asyncio.to_thread(seen.wait, 30)
+        assert rt.quarantine.is_quarantined(sid) is not None, sid
+        into.append((time.perf_counter() - t0) * 1000)
+        unsubscribe()
 
     async def run() -> None:
         await rt.start()
@@ -275,34 +319,18 @@ def latency(url: str, tmp: Path, samples: int) -> list[float]:
         try:
             with serve_in_thread(_app(rt)) as base, httpx.Client(base_url=base) as client:
                 for i in range(samples):
-                    sid = f"spiffe://zerogate.internal/ns/default/pod/lat-{i}"
-                    seen = threading.Event()
-
-                    def on_change(
-                        change: QuarantineChange, sid: str = sid, seen: threading.Event = seen
-                    ) -> None:
-                        if change.record.spiffe_id == sid:
-                            seen.set()
-
-                    unsubscribe = rt.quarantine.subscribe(on_change)
-                    t0 = time.perf_counter()
-                    await asyncio.to_thread(
-                        client.post,
-                        "/v1/runtime/falco",
-                        json=_alert(10**9 + i, pod=f"lat-{i}"),
-                        headers=HEADERS,
-                    )
-                    await asyncio.to_thread(seen.wait, 10)
-                    assert rt.quarantine.is_quarantined(sid) is not None, sid
-                    out.append((time.perf_counter() - t0) * 1000)
-                    unsubscribe()
+                    await enforce(client, i, out, 0)
+                for i in range(samples, samples + (5 if flood else 0)):
+                    while rt.responder is not None and rt.responder.backlog:
+                        await asyncio.sleep(0.05)  # each sample starts from a fresh backlog
+                    await enforce(client, i, flooded, flood)
         finally:
             await rt.stop()
             audit.close()
             db.close()
 
     asyncio.run(run())
-    return out
+    return out, flooded
 
 
 def main() -> None:
@@ -316,6 +344,12 @@ def main() -> None:
         help="single POSTs in flight, comma-separated: one phase each (one Falco's http_output "
         "sends one at a time, so this is the number of Falco senders)",
     )
+    parser.add_argument(
+        "--flood",
+        type=int,
+        default=2000,
+        help="Notice alerts POSTed just before each of 5 more enforcement samples (0: none)",
+    )
     parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -328,7 +362,8 @@ def main() -> None:
             url, tmp, args.seconds, [int(c) for c in args.concurrency.split(",")]
         )
         lat_url = args.database_url or f"sqlite:///{tmp / 'latency.db'}"
-        lat = sorted(latency(lat_url, tmp, args.samples))
+        idle, flooded = latency(lat_url, tmp, args.samples, flood=args.flood)
+        lat = sorted(idle)
     p50 = statistics.median(lat)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     backend = url.split(":", 1)[0]
@@ -350,6 +385,11 @@ def main() -> None:
         f"event-to-enforcement ({len(lat)} samples): p50 {p50:.1f} ms  p99 {p99:.1f} ms"
         "   target p99 <= 50 ms"
     )
+    if flooded:
+        print(
+            f"event-to-enforcement behind {args.flood} Notice alerts (5 samples): "
+            f"{', '.join(f'{x:.0f}' for x in flooded)} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -238,3 +238,63 @@ def test_correlator_follows_entry_changes_without_rereading(entries: EntryReposi
     entries.update(entry.id, {"disabled": True})
     assert correlator.correlate(alert) == []
     assert (correlator.matched, correlator.unmatched) == (1, 2)
+
+
+def _noisy(n: int, priority: str, rule: str = "Some noisy rule") -> dict[str, Any]:
+    raw = docs_raw()
+    raw["priority"] = priority
+    raw["rule"] = rule
+    raw["output_fields"]["evt.num"] = n
+    return raw
+
+
+def test_most_severe_event_is_handled_first_then_arrival_order(
+    database: Database,
+    runtime_audit: AuditLog,
+    entries: EntryRepository,
+    policy: PolicyService,
+    ingestor: EventIngestor,
+) -> None:
+    # a backlog of Notice events, then a Critical one: the Critical one is answered next
+    quarantine = QuarantineService(database, audit=runtime_audit)
+    responder = _responder(database, runtime_audit, entries, policy, quarantine, None)
+    order: list[str] = []
+    responder.on_handled(lambda e, _o: order.append(e.alert.rule))
+    alerts = [parse_alert(_noisy(i, "Notice", f"notice-{i}")) for i in range(5)]
+    alerts.insert(3, parse_alert(_noisy(99, "Critical", "the critical one")))
+    results = ingestor.ingest(alerts, "http")
+    responder.on_events([NewEvent(a, r, "http") for a, r in zip(alerts, results, strict=True)])
+    assert responder.backlog == 6
+    responder.start_thread()
+    try:
+        _wait(lambda: len(order) == 6)
+    finally:
+        responder.stop_thread()
+    assert order == ["the critical one", *(f"notice-{i}" for i in range(5))]
+    assert responder.backlog == 0
+
+
+def test_recent_events_of_the_workload_for_the_policy(ingestor: EventIngestor) -> None:
+    from datetime import timedelta
+
+    store = ingestor.store
+    alerts = [parse_alert(_noisy(i, "Warning" if i % 2 else "Notice")) for i in range(6)]
+    other = docs_raw()
+    other["output_fields"]["k8s.pod.name"] = "elsewhere"
+    results = ingestor.ingest([*alerts, parse_alert(other)], "http")
+    since = SYSTEM_CLOCK.now() - timedelta(hours=1)
+    recent = store.recent_summaries(
+        k8s_ns="default", k8s_pod="kubecon", since=since, limit=4, exclude_row=results[5].row_id
+    )
+    # newest first, this event excluded, only this workload, at most `limit` rows read
+    assert [r["event_id"] for r in recent] == [results[i].event_id for i in (4, 3, 2)]
+    assert recent[0] == {
+        "event_id": results[4].event_id,
+        "rule": "Some noisy rule",
+        "priority": "Notice",
+        "severity": 2,
+        "time": alerts[4].timestamp.isoformat().replace("+00:00", "Z"),
+    }
+    assert recent[1]["priority"] == "Warning" and recent[1]["severity"] == 3
+    later = SYSTEM_CLOCK.now() + timedelta(seconds=5)
+    assert store.recent_summaries(k8s_ns="default", k8s_pod="kubecon", since=later) == []
