@@ -41,7 +41,7 @@ from identity.entries import EntryRepository
 from runtime.correlate import Correlator, MatchedIdentity
 from runtime.errors import ActionError
 from runtime.events import EventStore
-from runtime.falco import jcs_safe
+from runtime.falco import Priority, jcs_safe
 from runtime.ingest import NewEvent, workload_key
 from runtime.quarantine import QuarantineService, log_audit_failure
 from zerogate.audit import AuditSink
@@ -152,6 +152,7 @@ class Responder:
         # most severe first, then arrival order; the stop mark sorts after every event
         self._queue: queue.PriorityQueue[tuple[int, int, NewEvent | None]] = queue.PriorityQueue()
         self._arrival = itertools.count()
+        self._urgent_rules: frozenset[str] = frozenset()
         self._thread: threading.Thread | None = None
         self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runtime-alert")
         self._listeners: list[Callable[[NewEvent, list[Outcome]], None]] = []
@@ -166,8 +167,22 @@ class Responder:
         events far faster than the policy can answer them (~400-550 events/s here), so under
         a flood of low-priority alerts a Critical one is handled next instead of after the
         backlog. Within one priority the order is arrival order."""
+        urgent = self._urgent_rules
         for event in events:
-            self._queue.put((-int(event.alert.priority), next(self._arrival), event))
+            level = int(event.alert.priority)
+            if event.alert.rule in urgent:
+                level = max(level, _URGENT)
+            self._queue.put((-level, next(self._arrival), event))
+
+    @property
+    def urgent_rules(self) -> frozenset[str]:
+        return self._urgent_rules
+
+    def set_urgent_rules(self, rules: frozenset[str]) -> None:
+        """Rules answered as if Critical whatever their priority: the shipped policy's
+        ``data.runtime.revoke_rules`` (``open_runtime`` follows policy reloads), several of
+        which Falco raises at Notice ("Terminal shell in container")."""
+        self._urgent_rules = rules
 
     @property
     def backlog(self) -> int:
@@ -391,6 +406,7 @@ class Responder:
 
 
 _STOP_MARK = 1  # sorts after every event's -priority (0 .. -7)
+_URGENT = int(Priority.CRITICAL)
 
 
 class _Skip(Exception):

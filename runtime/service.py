@@ -46,6 +46,19 @@ from zerogate.store import Database
 log = logging.getLogger(__name__)
 
 
+def urgent_rules(data: Any) -> frozenset[str]:
+    """The rules the responder answers as if Critical: the policy data's
+    ``runtime.revoke_rules`` (the rules the shipped policy revokes on, whatever their
+    priority)."""
+    runtime = data.get("runtime") if isinstance(data, dict) else None
+    rules = runtime.get("revoke_rules") if isinstance(runtime, dict) else None
+    return (
+        frozenset(r for r in rules if isinstance(r, str))
+        if isinstance(rules, list)
+        else frozenset()
+    )
+
+
 @dataclass
 class RuntimeService:
     settings: Settings
@@ -150,6 +163,13 @@ def open_runtime(
             throttle_s=rs.action_throttle_s,
         )
         ingestor.subscribe(responder.on_events)
+        # follow data.runtime.revoke_rules through the policy store (policy.store.PolicyStore:
+        # ``revision``, ``snapshot.data``, ``on_change``), where the policy service has one
+        source = getattr(policy, "store", None)
+        if source is not None and hasattr(source, "on_change"):
+            if source.revision is not None:
+                responder.set_urgent_rules(urgent_rules(source.snapshot.data))
+            source.on_change(lambda snap: responder.set_urgent_rules(urgent_rules(snap.data)))
     nats_source = None
     if rs.nats_url:
         nats_source = NatsConsumer(

@@ -22,6 +22,7 @@ from runtime.events import EventStore
 from runtime.falco import parse_alert
 from runtime.ingest import EventIngestor, NewEvent
 from runtime.quarantine import QuarantineService
+from runtime.service import urgent_rules
 from zerogate.audit import AuditLog, tail
 from zerogate.clock import SYSTEM_CLOCK
 from zerogate.config import Settings
@@ -255,22 +256,30 @@ def test_most_severe_event_is_handled_first_then_arrival_order(
     policy: PolicyService,
     ingestor: EventIngestor,
 ) -> None:
-    # a backlog of Notice events, then a Critical one: the Critical one is answered next
+    # a backlog of Notice events, then a Critical one and a Notice one whose rule the policy
+    # revokes on: those two are answered next (as Critical, in arrival order), then the rest
     quarantine = QuarantineService(database, audit=runtime_audit)
     responder = _responder(database, runtime_audit, entries, policy, quarantine, None)
+    responder.set_urgent_rules(urgent_rules(policy.store.snapshot.data))
+    assert "Terminal shell in container" in responder.urgent_rules
     order: list[str] = []
     responder.on_handled(lambda e, _o: order.append(e.alert.rule))
     alerts = [parse_alert(_noisy(i, "Notice", f"notice-{i}")) for i in range(5)]
-    alerts.insert(3, parse_alert(_noisy(99, "Critical", "the critical one")))
+    alerts.insert(2, parse_alert(_noisy(98, "Notice", "Terminal shell in container")))
+    alerts.insert(4, parse_alert(_noisy(99, "Critical", "the critical one")))
     results = ingestor.ingest(alerts, "http")
     responder.on_events([NewEvent(a, r, "http") for a, r in zip(alerts, results, strict=True)])
-    assert responder.backlog == 6
+    assert responder.backlog == 7
     responder.start_thread()
     try:
-        _wait(lambda: len(order) == 6)
+        _wait(lambda: len(order) == 7)
     finally:
         responder.stop_thread()
-    assert order == ["the critical one", *(f"notice-{i}" for i in range(5))]
+    assert order == [
+        "Terminal shell in container",
+        "the critical one",
+        *(f"notice-{i}" for i in range(5)),
+    ]
     assert responder.backlog == 0
 
 

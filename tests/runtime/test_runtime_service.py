@@ -44,6 +44,8 @@ async def test_alert_to_quarantine_through_open_runtime(
     rt = open_runtime(
         settings, database, runtime_audit, policy=policy, entries=entries, denylist=denylist
     )
+    assert rt.responder is not None
+    assert "Terminal shell in container" in rt.responder.urgent_rules  # data.runtime.revoke_rules
     gate = AnyGate(denylist, rt.quarantine)
     app = FastAPI()
     app.include_router(rt.router(caller=header_caller))
