@@ -461,8 +461,8 @@ class AuditLog:
         """Chain ``records`` onto the head in ``conn``'s transaction; (first seq, checkpointed)."""
         self._lock_chain(conn)
         head = self._read_head(conn)
-        ts = format_ts(self._clock.now())
-        ts_value = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        ts_value = self._clock.now().astimezone(UTC)  # datetime holds microseconds, as ts
+        ts = format_ts(ts_value)
         rows = []
         seq, prev = head.seq, head.hash
         stored_ts = self._ts_param(ts_value)
@@ -504,8 +504,8 @@ class AuditLog:
                 self._lock_chain(conn)
                 head = self._read_head(conn)
                 if head.seq > head.checkpoint_seq:
-                    ts = format_ts(self._clock.now())
-                    ts_value = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+                    ts_value = self._clock.now().astimezone(UTC)
+                    ts = format_ts(ts_value)
                     self._insert_checkpoint(conn, head.seq, head.hash, ts, ts_value)
             self._uncheckpointed = False
         except (SQLAlchemyError, StoreError) as exc:
