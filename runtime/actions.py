@@ -134,6 +134,7 @@ class Responder:
         throttle_s: float = 300.0,
         recent_window_s: float = 3600.0,
         policy_path: str = POLICY_PATH,
+        backlog_max: int = 50_000,
     ) -> None:
         self._store = store
         self._correlator = correlator
@@ -153,6 +154,10 @@ class Responder:
         self._queue: queue.PriorityQueue[tuple[int, int, NewEvent | None]] = queue.PriorityQueue()
         self._arrival = itertools.count()
         self._urgent_rules: frozenset[str] = frozenset()
+        self._backlog_max = backlog_max
+        self._counts = threading.Lock()
+        self._waiting_low = 0  # queued events below _URGENT
+        self.skipped = 0  # events whose response was skipped: the backlog was full
         self._thread: threading.Thread | None = None
         self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runtime-alert")
         self._listeners: list[Callable[[NewEvent, list[Outcome]], None]] = []
@@ -164,15 +169,37 @@ class Responder:
         """EventIngestor listener: queue the events (never blocks ingestion).
 
         The queue is ordered by priority (Emergency first), then arrival: ingestion accepts
-        events far faster than the policy can answer them (~400-550 events/s here), so under
-        a flood of low-priority alerts a Critical one is handled next instead of after the
-        backlog. Within one priority the order is arrival order."""
+        events far faster than the policy can answer them (~400 events/s here), so under a
+        flood of low-priority alerts a Critical one is handled next instead of after the
+        backlog. Within one priority the order is arrival order. Rules in
+        ``set_urgent_rules`` count as Critical.
+
+        The backlog is bounded: at most ``backlog_max`` events below Critical wait; beyond
+        that a new one's response is skipped (counted in ``skipped``, logged), so a long
+        flood cannot grow the process's memory without bound. The event itself is already
+        stored and audited. Critical and urgent events are never skipped."""
         urgent = self._urgent_rules
+        skipped = 0
         for event in events:
             level = int(event.alert.priority)
             if event.alert.rule in urgent:
                 level = max(level, _URGENT)
+            if level < _URGENT:
+                with self._counts:
+                    if self._waiting_low >= self._backlog_max:
+                        skipped += 1
+                        continue
+                    self._waiting_low += 1
             self._queue.put((-level, next(self._arrival), event))
+        if skipped:
+            with self._counts:
+                self.skipped += skipped
+            log.warning(
+                "event=runtime.respond.backlog_full skipped=%d total_skipped=%d backlog_max=%d",
+                skipped,
+                self.skipped,
+                self._backlog_max,
+            )
 
     @property
     def urgent_rules(self) -> frozenset[str]:
@@ -217,9 +244,12 @@ class Responder:
 
     def _run(self) -> None:
         while True:
-            event = self._queue.get()[2]
+            key, _, event = self._queue.get()
             if event is None:
                 return
+            if -key < _URGENT:
+                with self._counts:
+                    self._waiting_low -= 1
             try:
                 outcomes = self.handle(event)
             except Exception:

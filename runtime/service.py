@@ -161,6 +161,7 @@ def open_runtime(
             pods=KubernetesPods.in_cluster() if rs.kubernetes_actions else None,
             clock=clock,
             throttle_s=rs.action_throttle_s,
+            backlog_max=rs.responder_backlog_max,
         )
         ingestor.subscribe(responder.on_events)
         # follow data.runtime.revoke_rules through the policy store (policy.store.PolicyStore:

@@ -229,6 +229,12 @@ class RuntimeSettings(Section):
     kubernetes_actions: bool = Field(
         False, description="let policy label/evict pods via the in-cluster Kubernetes API"
     )
+    responder_backlog_max: int = Field(
+        50_000,
+        ge=1,
+        description="events below Critical (and not in revoke_rules) waiting for the responder "
+        "at most; beyond it their response is skipped (they stay stored and audited)",
+    )
 
 
 class Settings(BaseSettings):

@@ -307,3 +307,54 @@ def test_recent_events_of_the_workload_for_the_policy(ingestor: EventIngestor) -
     assert recent[1]["priority"] == "Warning" and recent[1]["severity"] == 3
     later = SYSTEM_CLOCK.now() + timedelta(seconds=5)
     assert store.recent_summaries(k8s_ns="default", k8s_pod="kubecon", since=later) == []
+
+
+def test_backlog_below_critical_is_bounded_critical_never_skipped(
+    database: Database,
+    runtime_audit: AuditLog,
+    entries: EntryRepository,
+    policy: PolicyService,
+    ingestor: EventIngestor,
+) -> None:
+    quarantine = QuarantineService(database, audit=runtime_audit)
+    responder = Responder(
+        store=EventStore(database),
+        correlator=Correlator(entries),
+        policy=policy,
+        quarantine=quarantine,
+        audit=runtime_audit,
+        backlog_max=3,
+    )
+    responder.set_urgent_rules(frozenset({"Terminal shell in container"}))
+    order: list[str] = []
+    responder.on_handled(lambda e, _o: order.append(e.alert.rule))
+
+    def queue(raws: list[dict[str, Any]]) -> None:
+        alerts = [parse_alert(r) for r in raws]
+        results = ingestor.ingest(alerts, "http")
+        responder.on_events([NewEvent(a, r, "http") for a, r in zip(alerts, results, strict=True)])
+
+    queue(
+        [
+            *(_noisy(i, "Notice", f"notice-{i}") for i in range(5)),
+            _noisy(50, "Critical", "critical"),
+            _noisy(51, "Notice", "Terminal shell in container"),
+        ]
+    )
+    assert responder.skipped == 2  # notice-3 and notice-4: three below Critical already wait
+    assert responder.backlog == 5
+    responder.start_thread()
+    try:
+        _wait(lambda: len(order) == 5)
+        assert order == [
+            "critical",
+            "Terminal shell in container",
+            "notice-0",
+            "notice-1",
+            "notice-2",
+        ]
+        queue([_noisy(60, "Notice", "after the drain")])  # room again
+        _wait(lambda: len(order) == 6)
+    finally:
+        responder.stop_thread()
+    assert responder.skipped == 2
