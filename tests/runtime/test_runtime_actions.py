@@ -3,7 +3,7 @@ a real loopback webhook, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,26 +249,56 @@ def _noisy(n: int, priority: str, rule: str = "Some noisy rule") -> dict[str, An
     return raw
 
 
-def test_most_severe_event_is_handled_first_then_arrival_order(
+Queued = tuple[Responder, Callable[[list[dict[str, Any]]], None], list[str]]
+
+
+@pytest.fixture
+def queued(
     database: Database,
     runtime_audit: AuditLog,
     entries: EntryRepository,
     policy: PolicyService,
     ingestor: EventIngestor,
+) -> Callable[..., Queued]:
+    """A responder not started yet, a function that stores alerts and queues them for it, and
+    the rules of the events it handled, in order."""
+
+    def build(backlog_max: int = 50_000) -> Queued:
+        responder = Responder(
+            store=EventStore(database),
+            correlator=Correlator(entries),
+            policy=policy,
+            quarantine=QuarantineService(database, audit=runtime_audit),
+            audit=runtime_audit,
+            backlog_max=backlog_max,
+        )
+        order: list[str] = []
+        responder.on_handled(lambda e, _o: order.append(e.alert.rule))
+
+        def queue(raws: list[dict[str, Any]]) -> None:
+            alerts = [parse_alert(r) for r in raws]
+            results = ingestor.ingest(alerts, "http")
+            responder.on_events(
+                [NewEvent(a, r, "http") for a, r in zip(alerts, results, strict=True)]
+            )
+
+        return responder, queue, order
+
+    return build
+
+
+def test_most_severe_event_is_handled_first_then_arrival_order(
+    queued: Callable[..., Queued], policy: PolicyService
 ) -> None:
     # a backlog of Notice events, then a Critical one and a Notice one whose rule the policy
     # revokes on: those two are answered next (as Critical, in arrival order), then the rest
-    quarantine = QuarantineService(database, audit=runtime_audit)
-    responder = _responder(database, runtime_audit, entries, policy, quarantine, None)
+    responder, queue, order = queued()
     responder.set_urgent_rules(urgent_rules(policy.store.snapshot.data))
     assert "Terminal shell in container" in responder.urgent_rules
-    order: list[str] = []
-    responder.on_handled(lambda e, _o: order.append(e.alert.rule))
-    alerts = [parse_alert(_noisy(i, "Notice", f"notice-{i}")) for i in range(5)]
-    alerts.insert(2, parse_alert(_noisy(98, "Notice", "Terminal shell in container")))
-    alerts.insert(4, parse_alert(_noisy(99, "Critical", "the critical one")))
-    results = ingestor.ingest(alerts, "http")
-    responder.on_events([NewEvent(a, r, "http") for a, r in zip(alerts, results, strict=True)])
+    raws = [_noisy(i, "Notice", f"notice-{i}") for i in range(5)]
+    raws.insert(2, _noisy(98, "Notice", "Terminal shell in container"))
+    raws.insert(4, _noisy(99, "Critical", "the critical one"))
+    queue(raws)
     assert responder.backlog == 7
     responder.start_thread()
     try:
@@ -310,30 +340,10 @@ def test_recent_events_of_the_workload_for_the_policy(ingestor: EventIngestor) -
 
 
 def test_backlog_below_critical_is_bounded_critical_never_skipped(
-    database: Database,
-    runtime_audit: AuditLog,
-    entries: EntryRepository,
-    policy: PolicyService,
-    ingestor: EventIngestor,
+    queued: Callable[..., Queued],
 ) -> None:
-    quarantine = QuarantineService(database, audit=runtime_audit)
-    responder = Responder(
-        store=EventStore(database),
-        correlator=Correlator(entries),
-        policy=policy,
-        quarantine=quarantine,
-        audit=runtime_audit,
-        backlog_max=3,
-    )
+    responder, queue, order = queued(backlog_max=3)
     responder.set_urgent_rules(frozenset({"Terminal shell in container"}))
-    order: list[str] = []
-    responder.on_handled(lambda e, _o: order.append(e.alert.rule))
-
-    def queue(raws: list[dict[str, Any]]) -> None:
-        alerts = [parse_alert(r) for r in raws]
-        results = ingestor.ingest(alerts, "http")
-        responder.on_events([NewEvent(a, r, "http") for a, r in zip(alerts, results, strict=True)])
-
     queue(
         [
             *(_noisy(i, "Notice", f"notice-{i}") for i in range(5)),
