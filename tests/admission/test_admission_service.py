@@ -131,6 +131,9 @@ async def test_native_policy_is_compiled_in_and_follows_reloads(tmp_path: Path) 
         assert service.gatekeeper.native_revision == store.revision
         answer = await service.admitter.validate(_review(PRIVILEGED_POD))
         assert "[zerogate.admission] no pods named p" in answer["response"]["status"]["message"]
+        # reloading the templates (a `zerogate admission apply`) keeps the native policy in
+        service.reload()
+        assert service.gatekeeper.native_revision == store.revision
 
         # a bad native revision is refused by the store: admission keeps the good one
         policy.write_text("package zerogate.admission\n\ndeny contains x if {\n")
