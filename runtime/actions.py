@@ -179,21 +179,25 @@ class Responder:
         flood cannot grow the process's memory without bound. The event itself is already
         stored and audited. Critical and urgent events are never skipped."""
         urgent = self._urgent_rules
+        queued: list[tuple[int, NewEvent]] = []
         skipped = 0
-        for event in events:
-            level = int(event.alert.priority)
-            if event.alert.rule in urgent:
-                level = max(level, _URGENT)
-            if level < _URGENT:
-                with self._counts:
-                    if self._waiting_low >= self._backlog_max:
+        with self._counts:  # once per batch: this runs on the ingestion writer's thread
+            room = self._backlog_max - self._waiting_low
+            for event in events:
+                level = int(event.alert.priority)
+                if event.alert.rule in urgent:
+                    level = max(level, _URGENT)
+                if level < _URGENT:
+                    if room <= 0:
                         skipped += 1
                         continue
-                    self._waiting_low += 1
+                    room -= 1
+                queued.append((level, event))
+            self._waiting_low = self._backlog_max - room
+            self.skipped += skipped
+        for level, event in queued:
             self._queue.put((-level, next(self._arrival), event))
         if skipped:
-            with self._counts:
-                self.skipped += skipped
             log.warning(
                 "event=runtime.respond.backlog_full skipped=%d total_skipped=%d backlog_max=%d",
                 skipped,

@@ -154,6 +154,23 @@ def _time_param(conn: Connection) -> Callable[[datetime], Any]:
     return processor
 
 
+def _time_value(conn: Connection) -> Callable[[Any], Any]:
+    """A ``UtcDateTime`` value as the driver returns it -> an aware UTC datetime (the column
+    type's own result processing, for driver-level reads)."""
+    dialect = conn.dialect
+    processor = runtime_event.c.event_time.type.dialect_impl(dialect).result_processor(
+        dialect, None
+    )
+    if processor is None:
+        return lambda value: value
+    return processor
+
+
+def _placeholder(conn: Connection) -> str:
+    """The driver's parameter marker (psycopg ``%s``, sqlite3 ``?``)."""
+    return "%s" if conn.dialect.name == "postgresql" else "?"
+
+
 def _allocate_ids(conn: Connection, n: int) -> list[int]:
     """Ids for ``n`` new rows, inserted with one driver-level executemany (SQLAlchemy's
     insert-with-RETURNING path spends ~60 us a row on per-row compilation and type
@@ -312,11 +329,8 @@ class EventStore:
         the Core ``IN`` expression cost ~0.5 ms per batch, more than the rest of a one-alert
         batch. ``received_at`` goes through the column type's own result processing."""
         out: dict[str, tuple[int, int, datetime]] = {}
-        dialect = conn.dialect
-        mark = "%s" if dialect.name == "postgresql" else "?"
-        to_time: Callable[[Any], Any] | None = runtime_event.c.received_at.type.dialect_impl(
-            dialect
-        ).result_processor(dialect, None)
+        mark = _placeholder(conn)
+        to_time = _time_value(conn)
         cur = driver_cursor(conn)
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
@@ -324,8 +338,7 @@ class EventStore:
             for row_id, event_id, occurrence, received in cur.fetchall():
                 known = out.get(event_id)
                 if known is None or occurrence > known[1]:
-                    at: datetime = to_time(received) if to_time is not None else received
-                    out[event_id] = (row_id, occurrence, at)
+                    out[event_id] = (row_id, occurrence, to_time(received))
         return out
 
     def mark_audited(self, seqs: dict[int, int]) -> None:
@@ -414,22 +427,13 @@ class EventStore:
         stored event time, RFC 3339 in UTC at microsecond precision (the alert's own text
         may carry nanoseconds)."""
         with self._db.engine.connect() as conn:
-            dialect = conn.dialect
-            mark = "%s" if dialect.name == "postgresql" else "?"
-            bind = runtime_event.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
-            to_time: Callable[[Any], Any] | None = runtime_event.c.event_time.type.dialect_impl(
-                dialect
-            ).result_processor(dialect, None)
+            to_time = _time_value(conn)
+            params = (k8s_ns, k8s_pod, _time_param(conn)(since), limit)
             rows = (
                 driver_cursor(conn)
-                .execute(
-                    _RECENT_SQL.format(mark=mark),
-                    (k8s_ns, k8s_pod, bind(since) if bind else since, limit),
-                )
+                .execute(_RECENT_SQL.format(mark=_placeholder(conn)), params)
                 .fetchall()
             )
-        if to_time is not None:
-            rows = [(r[0], r[1], r[2], r[3], to_time(r[4])) for r in rows]
         out: list[dict[str, Any]] = []
         for row_id, event_id, rule, severity, event_time in rows:
             if row_id == exclude_row:
@@ -441,7 +445,7 @@ class EventStore:
                     "rule": rule,
                     "priority": priority.label,
                     "severity": int(priority),
-                    "time": event_time.isoformat().replace("+00:00", "Z"),
+                    "time": to_time(event_time).isoformat().replace("+00:00", "Z"),
                 }
             )
         return out

@@ -362,12 +362,8 @@ def parse_alert(data: object) -> FalcoAlert:
         alert.rule = _check_rule(data["rule"])
         field = "priority"
         alert.priority = Priority.parse(data["priority"])
-        field = "source"
-        alert.source = _check_optional_str(data.get("source"))
-        field = "hostname"
-        alert.hostname = _check_optional_str(data.get("hostname"))
-        field = "output"
-        alert.output = _check_optional_str(data.get("output"))
+        for field in ("source", "hostname", "output"):
+            setattr(alert, field, _check_optional_str(data.get(field)))
         field = "tags"
         alert.tags = _check_tags(data.get("tags"))
         field = "output_fields"

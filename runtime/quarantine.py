@@ -255,7 +255,7 @@ class QuarantineService(ActiveQuarantines):
         self._task: asyncio.Task[None] | None = None
         self._listener: threading.Thread | None = None  # PostgreSQL: LISTEN thread
         self._stop_listening = threading.Event()
-        self._listening = threading.Event()  # set while LISTEN is active
+        self.listening = threading.Event()  # PostgreSQL: set while LISTEN is active
         self.refresh()
 
     # the view ----------------------------------------------------------------------------
@@ -485,7 +485,7 @@ class QuarantineService(ActiveQuarantines):
                 with psycopg.connect(dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     self.refresh()
-                    self._listening.set()
+                    self.listening.set()
                     while not self._stop_listening.is_set():
                         for _ in conn.notifies(timeout=self._watch_interval, stop_after=1):
                             pass
@@ -494,7 +494,7 @@ class QuarantineService(ActiveQuarantines):
                 log.warning("event=runtime.quarantine.listen_failed error=%s", exc)
                 self._stop_listening.wait(1.0)
             finally:
-                self._listening.clear()
+                self.listening.clear()
 
 
 def _bump(conn: Connection, clock: Clock) -> int:

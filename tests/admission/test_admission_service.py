@@ -12,6 +12,7 @@ import yaml
 from admission_support import LIBRARY, REPO, constraint
 
 from admission.objects import ObjectStore
+from admission.review import API_VERSION
 from admission.service import AdmissionService
 from admission.verify import review_for
 from policy.errors import PolicyCompileError
@@ -61,32 +62,23 @@ async def test_directory_and_store_are_merged(database: Database, tmp_path: Path
     assert not service.ready()
 
 
-def _policy_dir(tmp_path: Path, *, extra_data: dict[str, object] | None = None) -> Path:
-    """A copy of the shipped native admission policy (with its data) to edit."""
+def _policy_dir(tmp_path: Path, *, root_data: dict[str, object] | None = None) -> Path:
+    """A copy of the shipped native admission policy (with its data) to edit; ``root_data``
+    is written as the top-level data.json."""
     root = tmp_path / "rego"
     shutil.copytree(REPO / "rego" / "admission", root / "admission")
     for test in root.rglob("*_test.rego"):
         test.unlink()
-    if extra_data:
-        (root / "extra.json").write_text(json.dumps(extra_data))
+    if root_data:
+        (root / "data.json").write_text(json.dumps(root_data))
     return root
 
 
 def _review(pod: dict[str, object]) -> bytes:
+    """An AdmissionReview of a CREATE of ``pod``, as the API server sends it."""
+    request = {**review_for(pod), "uid": "u-1"}
     return json.dumps(
-        {
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "default",
-                "operation": "CREATE",
-                "userInfo": {"username": "alice"},
-                "object": pod,
-            },
-        }
+        {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": request}
     ).encode()
 
 
@@ -150,8 +142,7 @@ async def test_native_policy_that_cannot_share_the_engine_runs_on_its_own(
     tmp_path: Path,
 ) -> None:
     # data.inventory is Gatekeeper's: a native policy with that key keeps its own engine
-    root = _policy_dir(tmp_path, extra_data={"inventory": {"mine": True}})
-    (root / "extra.json").rename(root / "data.json")
+    root = _policy_dir(tmp_path, root_data={"inventory": {"mine": True}})
     store = PolicyStore(OpaEmbeddedEngine(), root)
     store.reload(reason="start")
     service = await _service(tmp_path, store)

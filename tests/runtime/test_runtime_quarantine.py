@@ -180,7 +180,7 @@ async def test_another_replicas_change_is_pushed_not_polled(database: Database) 
     await replica.start()
     try:
         if push:
-            assert await asyncio.to_thread(replica._listening.wait, 10)
+            assert await asyncio.to_thread(replica.listening.wait, 10)
         writer = QuarantineService(database)  # the other replica
         started = loop.time()
         await asyncio.to_thread(writer.add, APP, reason="Terminal shell in container", ttl_s=60)
