@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +65,9 @@ def _app(rt: Any) -> FastAPI:
     return app
 
 
-def serve(url: str, key: Path, port_file: Path) -> None:
-    """Child process: the runtime (ingest only) behind uvicorn."""
+def serve(url: str, key: Path, port_file: Path, parse_processes: str) -> None:
+    """Child process: the runtime (ingest only) behind uvicorn; ``parse_processes`` is a
+    number or ``auto`` (the setting's default)."""
     import uvicorn
 
     from runtime.service import open_runtime
@@ -74,8 +77,12 @@ def serve(url: str, key: Path, port_file: Path) -> None:
 
     db = Database.open(url)
     audit = AuditLog.open(db, signing_key=key)
-    rt = open_runtime(Settings(runtime={"max_body_bytes": 64 << 20}), db, audit)
+    runtime: dict[str, Any] = {"max_body_bytes": 64 << 20}
+    if parse_processes != "auto":
+        runtime["parse_processes"] = int(parse_processes)
+    rt = open_runtime(Settings(runtime=runtime), db, audit)
     rt.ingestor.start()
+    rt.parser.start()
     sock = socket.socket()
     # uvicorn leaves a socket it is handed as it is: without TCP_NODELAY every reply waits
     # for the peer's delayed ACK (~40 ms per request)
@@ -113,12 +120,19 @@ def _request(body: bytes, content_type: str) -> bytes:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0 elsewhere)."""
+    """User + system CPU seconds of process ``pid`` and its live children (the parse
+    workers) so far (Linux /proc; 0 elsewhere)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(c)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()
+        ]
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(_cpu_seconds(c) for c in children)
 
 
 Rate = tuple[float, float, float, float]
@@ -197,17 +211,16 @@ def batches(port: int, pid: int, seconds: float, concurrency: int, size: int, st
     return asyncio.run(_drive(port, seconds, concurrency, requests, size, check, pid))
 
 
-def throughput(
-    url: str, tmp: Path, seconds: float, concurrency: list[int]
-) -> tuple[list[tuple[int, Rate]], Rate]:
+@contextlib.contextmanager
+def _server(url: str, tmp: Path, parse_processes: str) -> Iterator[tuple[int, int]]:
+    """A ``serve`` child process; yields (port, pid)."""
     import httpx
 
     port_file = tmp / "port"
+    port_file.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", url, str(tmp / "audit.pem"), str(port_file)],
-        env=env,
-    )
+    args = ["--serve", url, str(tmp / "audit.pem"), str(port_file), parse_processes]
+    child = subprocess.Popen([sys.executable, __file__, *args], env=env)
     try:
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text()):
@@ -215,23 +228,34 @@ def throughput(
                 raise SystemExit("benchmark server did not start")
             time.sleep(0.05)
         port = int(port_file.read_text())
-        base = f"http://127.0.0.1:{port}"
         while True:
             try:
-                httpx.get(base + "/docs", timeout=1)
+                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.05)
-        singles(port, child.pid, 1.0, concurrency[0], 10**8)  # warm-up
-        single_rates = [
-            (c, singles(port, child.pid, seconds, c, (3 + i) * 10**8))
-            for i, c in enumerate(concurrency)
-        ]
-        batch_rate = batches(port, child.pid, seconds, 4, 1000, 2 * 10**8)
+        yield port, child.pid
     finally:
         child.terminate()
         child.wait(timeout=30)
-    return single_rates, batch_rate
+
+
+def throughput(
+    url: str, tmp: Path, seconds: float, concurrency: list[int], parse_processes: list[str]
+) -> tuple[list[tuple[int, Rate]], list[tuple[str, Rate]]]:
+    with _server(url, tmp, "auto") as (port, pid):
+        singles(port, pid, 1.0, concurrency[0], 10**8)  # warm-up
+        single_rates = [
+            (c, singles(port, pid, seconds, c, (3 + i) * 10**8)) for i, c in enumerate(concurrency)
+        ]
+    batch_rates = []
+    for i, processes in enumerate(parse_processes):
+        with _server(url, tmp, processes) as (port, pid):
+            batches(port, pid, 1.0, 4, 1000, (10 + 2 * i) * 10**8)  # warm-up
+            batch_rates.append(
+                (processes, batches(port, pid, seconds, 4, 1000, (11 + 2 * i) * 10**8))
+            )
+    return single_rates, batch_rates
 
 
 def latency(
@@ -350,16 +374,26 @@ def main() -> None:
         default=2000,
         help="Notice alerts POSTed just before each of 5 more enforcement samples (0: none)",
     )
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--parse-processes",
+        default="0,auto",
+        help="runtime.parse_processes for the batch phases, comma-separated: one phase each "
+        "(0: batches parsed in the serving process, the baseline; auto: the default)",
+    )
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve[0], Path(args.serve[1]), Path(args.serve[2]))
+        serve(args.serve[0], Path(args.serve[1]), Path(args.serve[2]), args.serve[3])
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-        single_rates, (batched, batch_cpu, batch_p50, batch_p99) = throughput(
-            url, tmp, args.seconds, [int(c) for c in args.concurrency.split(",")]
+        single_rates, batch_rates = throughput(
+            url,
+            tmp,
+            args.seconds,
+            [int(c) for c in args.concurrency.split(",")],
+            args.parse_processes.split(","),
         )
         lat_url = args.database_url or f"sqlite:///{tmp / 'latency.db'}"
         idle, flooded = latency(lat_url, tmp, args.samples, flood=args.flood)
@@ -374,13 +408,20 @@ def main() -> None:
             f"  server CPU {cpu:6.0f} us/event  reply p50 {r50:5.1f} ms p99 {r99:5.1f} ms"
             "   target >= 3000/s"
         )
-    print(
-        f"NDJSON batches of 1000 (4 in flight): {batched:6.0f} events/s"
-        f"  server CPU {batch_cpu:6.0f} us/event  reply p50 {batch_p50:5.1f} ms"
-        f" p99 {batch_p99:5.1f} ms   target >= 20000/s"
-    )
+    for processes, (rate, cpu, r50, r99) in batch_rates:
+        print(
+            f"NDJSON batches of 1000 (4 in flight, parse processes {processes:>4}): "
+            f"{rate:6.0f} events/s  server CPU {cpu:4.0f} us/event  reply p50 {r50:5.1f} ms"
+            f" p99 {r99:5.1f} ms   target >= 20000/s"
+        )
     single = single_rates[0][1][0]
-    print(f"ratio batched / single ({single_rates[0][0]} in flight): {batched / single:5.1f}x")
+    base = batch_rates[0][1][0]
+    for processes, (rate, *_) in batch_rates:
+        print(
+            f"ratio batched (parse processes {processes}) / single "
+            f"({single_rates[0][0]} in flight): {rate / single:5.1f}x;"
+            f" / batched (parse processes {batch_rates[0][0]}): {rate / base:5.2f}x"
+        )
     print(
         f"event-to-enforcement ({len(lat)} samples): p50 {p50:.1f} ms  p99 {p99:.1f} ms"
         "   target p99 <= 50 ms"

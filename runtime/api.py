@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from runtime.errors import BodyTooLargeError, InvalidAlertError, UnsupportedMediaError
 from runtime.ingest import EventIngestor
 from runtime.quarantine import QuarantineChange, QuarantineService
-from runtime.sources.http import parse_body
+from runtime.sources.parse_pool import ParsePool
 from zerogate.errors import ZerogateError
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,6 @@ or None; may raise HTTPException (e.g. 401 for a certificate that is not an SVID
 def _who(value: object) -> str | None:
     return None if value is None or value == "" else str(value)
 
-
-_INLINE_PARSE_BYTES = 64 * 1024
 
 SubmitAuthorizer = Callable[[str], Awaitable[bool]]
 """Decides whether a SPIFFE ID may submit runtime events."""
@@ -128,8 +126,11 @@ def submit_endpoint(
     caller: Caller,
     authorize: SubmitAuthorizer,
     max_body_bytes: int = 4 << 20,
+    parser: ParsePool | None = None,
 ) -> Handler:
-    """The ``POST /v1/runtime/falco`` handler (used by the route and by ``SubmitFastPath``)."""
+    """The ``POST /v1/runtime/falco`` handler (used by the route and by ``SubmitFastPath``).
+    ``parser`` parses big batches in worker processes (without one, in a thread here)."""
+    parse = (parser or ParsePool(0)).parse
 
     async def submit_falco(request: Request) -> Response:
         # Not a FastAPI route: Falco's http_output posts one alert per request, and dependency
@@ -156,11 +157,7 @@ def submit_endpoint(
             return error(403, "forbidden", f"{spiffe_id} may not submit runtime events")
         try:
             body = await read_limited(request, max_body_bytes)
-            content_type = request.headers.get("content-type")
-            if len(body) > _INLINE_PARSE_BYTES:  # a big batch: keep the loop answering others
-                parsed = await asyncio.to_thread(parse_body, body, content_type)
-            else:
-                parsed = parse_body(body, content_type)
+            parsed = await parse(body, request.headers.get("content-type"))
         except BodyTooLargeError as exc:
             return error(413, exc.code, exc.message)
         except UnsupportedMediaError as exc:
@@ -233,10 +230,15 @@ def router(
     quarantine: QuarantineService | None = None,
     max_body_bytes: int = 4 << 20,
     keepalive_s: float = 15.0,
+    parser: ParsePool | None = None,
 ) -> APIRouter:
     api = APIRouter(tags=["runtime"])
     submit_falco = submit_endpoint(
-        ingestor=ingestor, caller=caller, authorize=authorize, max_body_bytes=max_body_bytes
+        ingestor=ingestor,
+        caller=caller,
+        authorize=authorize,
+        max_body_bytes=max_body_bytes,
+        parser=parser,
     )
 
     api.routes.append(Route(SUBMIT_PATH, submit_falco, methods=["POST"]))

@@ -14,6 +14,7 @@ and submitters are checked against ``spiffe://<trust domain>/falco``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ from runtime.ingest import EventIngestor
 from runtime.kube import KubernetesPods
 from runtime.quarantine import QuarantineService
 from runtime.sources.nats import NatsConsumer
+from runtime.sources.parse_pool import ParsePool, default_processes
 from zerogate.audit import AuditLog
 from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.config import Settings
@@ -68,6 +70,7 @@ class RuntimeService:
     responder: Responder | None = None
     nats: NatsConsumer | None = None
     policy: Any = None
+    parser: ParsePool = field(default_factory=lambda: ParsePool(0))
     _started: bool = field(default=False, init=False)
 
     def _authorizer(self, authorize: SubmitAuthorizer | None) -> SubmitAuthorizer:
@@ -90,6 +93,7 @@ class RuntimeService:
             caller=caller,
             authorize=authorize,
             max_body_bytes=self.settings.runtime.max_body_bytes,
+            parser=self.parser,
         )
         app.add_middleware(SubmitFastPath, handler=handler)
 
@@ -101,6 +105,7 @@ class RuntimeService:
             authorize=authorize,
             quarantine=self.quarantine,
             max_body_bytes=self.settings.runtime.max_body_bytes,
+            parser=self.parser,
         )
 
     async def start(self) -> None:
@@ -108,6 +113,7 @@ class RuntimeService:
         if recovered:
             log.info("event=runtime.recovered count=%d", recovered)
         self.ingestor.start()
+        await asyncio.to_thread(self.parser.start)
         await self.quarantine.start()
         if self.responder is not None:
             await self.responder.start()
@@ -119,6 +125,7 @@ class RuntimeService:
         if self.nats is not None:
             await self.nats.stop()
         self.ingestor.close()
+        self.parser.close()
         if self.responder is not None:
             await self.responder.stop()
         await self.quarantine.stop()
@@ -180,4 +187,14 @@ def open_runtime(
             subjects=list(rs.nats_subjects),
             durable=rs.nats_durable,
         )
-    return RuntimeService(settings, store, ingestor, quarantine, responder, nats_source, policy)
+    processes = default_processes() if rs.parse_processes is None else rs.parse_processes
+    return RuntimeService(
+        settings,
+        store,
+        ingestor,
+        quarantine,
+        responder,
+        nats_source,
+        policy,
+        ParsePool(processes, inline_bytes=rs.parse_inline_bytes),
+    )

@@ -235,6 +235,16 @@ class RuntimeSettings(Section):
         description="events below Critical (and not in revoke_rules) waiting for the responder "
         "at most; beyond it their response is skipped (they stay stored and audited)",
     )
+    parse_processes: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="worker processes that parse big batches (POST bodies over "
+        "parse_inline_bytes); default one per core beyond the first, at most 4; 0: in-process",
+    )
+    parse_inline_bytes: int = Field(
+        64 << 10, ge=0, description="POST bodies up to this size are parsed in-process"
+    )
 
 
 class Settings(BaseSettings):

@@ -34,9 +34,12 @@ class Item:
     error: InvalidAlertError | None
 
 
+BodyKind = Literal["single", "array", "ndjson"]
+
+
 @dataclass(frozen=True, slots=True)
 class ParsedBody:
-    kind: Literal["single", "array", "ndjson"]
+    kind: BodyKind
     items: list[Item]
 
     @property
@@ -83,14 +86,23 @@ def _item(index: int, value: object) -> Item:
 
 
 def _parse_ndjson(body: bytes) -> ParsedBody:
+    items = ndjson_items(body)
+    if not items:
+        raise InvalidAlertError("", EMPTY_NDJSON)
+    return ParsedBody("ndjson", items)
+
+
+EMPTY_NDJSON = "empty batch: no NDJSON lines"
+
+
+def ndjson_items(body: bytes, first_line: int = 1) -> list[Item]:
+    """One item per non-blank line of ``body``, numbered from ``first_line``."""
     items: list[Item] = []
-    for number, line in enumerate(body.split(b"\n"), start=1):
+    for number, line in enumerate(body.split(b"\n"), start=first_line):
         if not line.strip():
             continue
         try:
             items.append(Item(number, parse_alert_json(line), None))
         except InvalidAlertError as exc:
             items.append(Item(number, None, exc))
-    if not items:
-        raise InvalidAlertError("", "empty batch: no NDJSON lines")
-    return ParsedBody("ndjson", items)
+    return items

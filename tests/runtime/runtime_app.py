@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from runtime.api import SubmitFastPath, allow_list, router, submit_endpoint
 from runtime.ingest import EventIngestor
 from runtime.quarantine import QuarantineService
+from runtime.sources.parse_pool import ParsePool
 
 FALCO_ID = "spiffe://zerogate.internal/falco"
 
@@ -25,6 +26,7 @@ def build_app(
     *,
     max_body_bytes: int = 4 << 20,
     fast_path: bool = True,
+    parser: ParsePool | None = None,
 ) -> FastAPI:
     """The runtime routes, plus (``fast_path``) the submit middleware, as
     RuntimeService.install sets them up in the server."""
@@ -38,6 +40,7 @@ def build_app(
             quarantine=quarantine,
             max_body_bytes=max_body_bytes,
             keepalive_s=0.2,
+            parser=parser,
         )
     )
     if fast_path:
@@ -46,6 +49,7 @@ def build_app(
             caller=header_caller,
             authorize=authorize,
             max_body_bytes=max_body_bytes,
+            parser=parser,
         )
         app.add_middleware(SubmitFastPath, handler=handler)
     return app

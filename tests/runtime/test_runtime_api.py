@@ -4,7 +4,7 @@ batches, and every bad-input case answered with a 4xx that names the problem."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -12,17 +12,38 @@ from runtime_app import FALCO_ID, build_app
 from runtime_corpus import corpus_files, corpus_raw, docs_raw
 
 from runtime.ingest import EventIngestor
+from runtime.sources.parse_pool import ParsePool
 
 FALCO = {"x-test-spiffe-id": FALCO_ID, "content-type": "application/json"}
 NDJSON = {"x-test-spiffe-id": FALCO_ID, "content-type": "application/x-ndjson"}
 
 
-@pytest.fixture(params=["fast-path", "route"])
+@pytest.fixture(scope="module")
+def worker_pool() -> Iterator[ParsePool]:
+    """Two parse worker processes that take every body (none parsed inline), cut into
+    pieces of about 256 bytes: every batch below is split across processes."""
+    pool = ParsePool(2, inline_bytes=0, chunk_bytes=256)
+    pool.start()
+    yield pool
+    pool.close()
+    assert pool.stats["pooled"] > 0 and pool.stats["fallback"] == 0, pool.stats
+
+
+@pytest.fixture(params=["fast-path", "route", "worker-processes"])
 async def client(
     ingestor: EventIngestor, request: pytest.FixtureRequest
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """Every case through the server's fast path (SubmitFastPath) and through the route."""
-    app = build_app(ingestor, max_body_bytes=1 << 20, fast_path=request.param == "fast-path")
+    """Every case through the server's fast path (SubmitFastPath), through the route, and
+    with every body parsed in worker processes (the same answers are expected)."""
+    parser = None
+    if request.param == "worker-processes":
+        parser = request.getfixturevalue("worker_pool")
+    app = build_app(
+        ingestor,
+        max_body_bytes=1 << 20,
+        fast_path=request.param != "route",
+        parser=parser,
+    )
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://zerogate") as c:
         yield c
