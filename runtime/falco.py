@@ -39,7 +39,7 @@ import json
 import math
 import re
 import uuid as uuidlib
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any
 
@@ -59,6 +59,7 @@ __all__ = [
 
 _SAFE_INT = 2**53 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL = _EPOCH.toordinal()
 _MAX_STRING = 64 * 1024  # a single rule name / hostname / source longer than this is refused
 
 # RFC 3339 section 5.6 date-time; Falco prints 9 fraction digits and "Z", Go's RFC3339Nano
@@ -90,7 +91,7 @@ class Priority(IntEnum):
     @property
     def label(self) -> str:
         """The name Falco prints (falco_common.cpp ``priority_names``)."""
-        return self.name.capitalize()
+        return _LABELS[self._value_]
 
     @classmethod
     def parse(cls, value: object) -> Priority:
@@ -112,6 +113,7 @@ _PRIORITY_NAMES: dict[str, Priority] = {p.name.lower(): p for p in Priority} | {
 
 
 _BY_SEVERITY = tuple(sorted(Priority))  # Priority(n) without the enum call
+_LABELS = tuple(p.name.capitalize() for p in _BY_SEVERITY)  # read for every stored event
 
 _KNOWN = frozenset(
     {"time", "rule", "priority", "source", "hostname", "output", "tags", "output_fields", "uuid"}
@@ -341,24 +343,26 @@ def parse_time(value: str) -> tuple[datetime, int]:
             f"{value!r} is not RFC 3339 (expected e.g. 2023-05-25T13:44:05.478445995Z)"
         )
     year, month, day, hour, minute, second, frac, zone = match.groups()
-    if zone in ("Z", "z"):
-        tz = UTC
-    else:
+    offset = 0  # seconds east of UTC
+    if zone not in ("Z", "z"):
         sign = 1 if zone[0] == "+" else -1
         hours, minutes = int(zone[1:3]), int(zone[4:6])
         if hours > 23 or minutes > 59:
             raise ValueError(f"{value!r} has an invalid UTC offset")
-        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        offset = sign * (hours * 3600 + minutes * 60)
     try:
-        base = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=tz
-        )
+        # validates the fields (month 13, February 30, hour 24, second 60 are refused)
+        local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
     except ValueError as exc:
         raise ValueError(f"{value!r} is not a valid date-time: {exc}") from None
     nanos = int((frac or "0").ljust(9, "0"))
-    seconds = int(base.timestamp())
-    stamp = base.astimezone(UTC) + timedelta(microseconds=nanos // 1000)
-    return stamp, seconds * 1_000_000_000 + nanos
+    days = local.toordinal() - _EPOCH_ORDINAL
+    seconds = days * 86400 + local.hour * 3600 + local.minute * 60 + local.second - offset
+    time_ns = seconds * 1_000_000_000 + nanos
+    try:
+        return _EPOCH + timedelta(microseconds=time_ns // 1000), time_ns
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
 
 
 def canonical_json(obj: Any) -> bytes:

@@ -2,4 +2,5 @@
 
 from zerogate.cli import app
 
-app()
+if __name__ == "__main__":  # not when multiprocessing's spawn imports it in a worker
+    app()

@@ -38,17 +38,31 @@ class CanonicalizationError(ValueError):
 def _fast_ok(value: Any, depth: int = 0) -> bool:
     if depth > 64:
         return False
-    if value is None or value is True or value is False or isinstance(value, str):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return True
-    if type(value) is int:
-        return -_MAX_EXACT < value < _MAX_EXACT
-    if isinstance(value, dict):
+    if kind is int:
+        return bool(-_MAX_EXACT < value < _MAX_EXACT)
+    if kind is dict:
         for key, item in value.items():
-            if not isinstance(key, str) or not key.isascii() or not _fast_ok(item, depth + 1):
+            if type(key) is not str or not key.isascii():
+                return False
+            # scalars inline: most audit payloads are flat objects of strings
+            ikind = type(item)
+            if ikind is str or item is None or ikind is bool:
+                continue
+            if ikind is int:
+                if not -_MAX_EXACT < item < _MAX_EXACT:
+                    return False
+            elif not _fast_ok(item, depth + 1):
                 return False
         return True
     if isinstance(value, list | tuple):
         return all(_fast_ok(item, depth + 1) for item in value)
+    if isinstance(value, str):  # a str subclass (a str enum) encodes as its string
+        return True
+    if isinstance(value, dict):
+        return _fast_ok(dict(value), depth)
     return False
 
 

@@ -24,6 +24,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, cast
 
@@ -90,6 +92,20 @@ def _ready() -> int:
     return os.getpid()
 
 
+def watch_parent(parent: int, interval_s: float = 0.5) -> None:
+    """Worker initializer: exit once the serving process is gone. A parent killed with
+    SIGKILL (or one whose signal handler re-raises SIGTERM, as uvicorn's does) cannot shut
+    its pool down, and each worker holds the call queue's write end, so it would otherwise
+    wait for work forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parse-pool-parent-watch", daemon=True).start()
+
+
 def split_lines(body: bytes, pieces: int) -> list[tuple[bytes, int]]:
     """``body`` cut at newlines into at most ``pieces`` parts: (part, number of its first
     line)."""
@@ -144,7 +160,10 @@ class ParsePool:
     def _pool(self) -> Executor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                self.processes, mp_context=multiprocessing.get_context("spawn")
+                self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=watch_parent,
+                initargs=(os.getpid(),),
             )
         return self._executor
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +23,7 @@ from runtime.sources.http import Item, ParsedBody, parse_body
 from runtime.sources.parse_pool import ParsePool, _ready, split_lines
 
 NDJSON = "application/x-ndjson"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +165,36 @@ async def test_without_workers_big_bodies_parse_in_process() -> None:
     body = _mixed_ndjson()
     assert _view(await pool.parse(body, NDJSON)) == _view(parse_body(body, NDJSON))
     assert pool.stats == {"pooled": 0, "inline": 1, "fallback": 0}
+
+
+def test_workers_exit_when_the_serving_process_is_killed() -> None:
+    """A SIGKILLed control plane cannot shut its pool down; its workers must not linger."""
+    script = (
+        "import os, signal\n"
+        "from runtime.sources.parse_pool import ParsePool, _ready\n"
+        "pool = ParsePool(1)\n"
+        "pool.start()\n"
+        "print(pool._pool().submit(_ready).result(timeout=30), flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    worker = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), f"parse worker {worker} outlived its killed parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
