@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, NamedTuple
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from runtime.falco import FalcoAlert, Priority
@@ -33,6 +33,20 @@ AuditHook = Callable[[Connection, list[tuple[int, "StoreResult"]]], Sequence[int
 """Writes the audit records of newly stored rows inside the storing transaction."""
 _CHUNK = 500  # ids per IN (...) list
 _RETRIES = 5
+
+
+class PrunedBatch(NamedTuple):
+    """One transaction of ``EventStore.prune``: ``rows`` rows, ids ``first_row`` to
+    ``last_row`` (oldest first), each last seen before ``older_than``."""
+
+    rows: int
+    first_row: int
+    last_row: int
+    older_than: datetime
+
+
+PruneAudit = Callable[[Connection, PrunedBatch], object]
+"""Writes the audit record of a prune inside its deleting transaction."""
 
 
 class StoreResult(NamedTuple):
@@ -355,6 +369,40 @@ class EventStore:
                 _MARK_FORMAT if conn.dialect.name == "postgresql" else _MARK_QMARK,
                 [(seq, rid) for rid, seq in seqs.items()],
             )
+
+    def prune(
+        self, older_than: datetime, *, batch: int = 5000, audit: PruneAudit | None = None
+    ) -> int:
+        """Delete the events last seen before ``older_than``; returns how many.
+
+        At most ``batch`` rows per transaction, oldest first, so ingestion never waits long
+        for the write lock. ``audit`` is called in each deleting transaction with what it
+        deletes, so a deletion and its audit record commit together. Rows whose own
+        ``runtime.event`` record is not written yet (``audit_seq`` NULL, for ``recover()``)
+        are kept. Audit records are never pruned: the chain is the permanent record; this
+        table is the working set (deduplication, the policy's ``recent``, the events API)."""
+        expired = (
+            select(runtime_event.c.id)
+            .where(
+                runtime_event.c.received_at < older_than,  # indexed; last_seen >= received_at
+                runtime_event.c.last_seen < older_than,
+                runtime_event.c.audit_seq.is_not(None),
+            )
+            .order_by(runtime_event.c.id)
+            .limit(batch)
+        )
+        total = 0
+        while True:
+            with self._db.begin() as conn:
+                ids = list(conn.execute(expired).scalars())
+                if not ids:
+                    return total
+                conn.execute(delete(runtime_event).where(runtime_event.c.id.in_(ids)))
+                if audit is not None:
+                    audit(conn, PrunedBatch(len(ids), ids[0], ids[-1], older_than))
+            total += len(ids)
+            if len(ids) < batch:
+                return total
 
     def set_identities(self, row_id: int, spiffe_ids: list[str]) -> None:
         with self._db.begin() as conn:

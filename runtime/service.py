@@ -38,6 +38,7 @@ from runtime.events import EventStore
 from runtime.ingest import EventIngestor
 from runtime.kube import KubernetesPods
 from runtime.quarantine import QuarantineService
+from runtime.retention import EventRetention
 from runtime.sources.nats import NatsConsumer
 from runtime.sources.parse_pool import ParsePool, default_processes
 from zerogate.audit import AuditLog
@@ -71,6 +72,7 @@ class RuntimeService:
     nats: NatsConsumer | None = None
     policy: Any = None
     parser: ParsePool = field(default_factory=lambda: ParsePool(0))
+    retention: EventRetention | None = None
     _started: bool = field(default=False, init=False)
 
     def _authorizer(self, authorize: SubmitAuthorizer | None) -> SubmitAuthorizer:
@@ -119,9 +121,13 @@ class RuntimeService:
             await self.responder.start()
         if self.nats is not None:
             await self.nats.start()
+        if self.retention is not None:
+            await self.retention.start()
         self._started = True
 
     async def stop(self) -> None:
+        if self.retention is not None:
+            await self.retention.stop()
         if self.nats is not None:
             await self.nats.stop()
         self.ingestor.close()
@@ -197,4 +203,13 @@ def open_runtime(
         nats_source,
         policy,
         ParsePool(processes, inline_bytes=rs.parse_inline_bytes),
+        EventRetention(
+            store,
+            audit,
+            retention_s=rs.event_retention_s,
+            interval_s=rs.prune_interval_s,
+            clock=clock,
+        )
+        if rs.event_retention_s
+        else None,
     )

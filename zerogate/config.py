@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -235,6 +242,13 @@ class RuntimeSettings(Section):
         description="events below Critical (and not in revoke_rules) waiting for the responder "
         "at most; beyond it their response is skipped (they stay stored and audited)",
     )
+    event_retention_s: int = Field(
+        7 * 86400,
+        ge=0,
+        description="events last seen longer ago are deleted from the events table (their "
+        "audit records stay); at least dedup_window_s; 0: kept forever",
+    )
+    prune_interval_s: int = Field(60, ge=1, description="how often expired events are pruned")
     parse_processes: int | None = Field(
         None,
         ge=0,
@@ -245,6 +259,16 @@ class RuntimeSettings(Section):
     parse_inline_bytes: int = Field(
         64 << 10, ge=0, description="POST bodies up to this size are parsed in-process"
     )
+
+    @model_validator(mode="after")
+    def _retention_covers_dedup(self) -> RuntimeSettings:
+        # a repeat inside the dedup window must still find its first occurrence
+        if 0 < self.event_retention_s < self.dedup_window_s:
+            raise ValueError(
+                f"event_retention_s ({self.event_retention_s}) must be 0 or at least "
+                f"dedup_window_s ({self.dedup_window_s})"
+            )
+        return self
 
 
 class Settings(BaseSettings):
