@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,12 @@ async def _caller(request: Request) -> str | None:
 
 
 def _app(rt: Any) -> FastAPI:
-    app = FastAPI()
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        rt.parser.close()  # before uvicorn re-raises SIGTERM, as RuntimeService.stop does
+
+    app = FastAPI(lifespan=lifespan)
     rt.install(app, caller=_caller)  # as zerogate.wiring does
     return app
 

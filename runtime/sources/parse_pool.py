@@ -155,7 +155,11 @@ class ParsePool:
             self._reset()
 
     def close(self) -> None:
-        self._reset()
+        """Stop the workers and wait for them (each finishes the body it has), so nothing
+        of the pool outlives the caller's shutdown."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
     def _pool(self) -> Executor:
         if self._executor is None:
