@@ -55,6 +55,7 @@ __all__ = [
     "parse_alert",
     "parse_alert_json",
     "parse_time",
+    "stored_text_of",
 ]
 
 _SAFE_INT = 2**53 - 1
@@ -461,12 +462,43 @@ def parse_alert(data: object) -> FalcoAlert:
         raise InvalidAlertError(field, str(exc)) from None
     alert._raw = data
     alert.received = None
-    alert.event_id = event_id_of(data, alert.uuid)
+    alert.event_id = _identify(data, alert.uuid)
     alert.k8s_ns = alert.field_str("k8s.ns.name")
     alert.k8s_pod = alert.field_str("k8s.pod.name")
     alert.k8s_pod_uid = alert.field_str("k8s.pod.uid")
     alert.container_id = alert.field_str("container.id")
     return alert
+
+
+def _identify(data: dict[str, Any], uuid: str | None) -> str:
+    """``event_id_of``, with a value that has no canonical form named as the client's error
+    (a 4xx), never raised as a server error."""
+    try:
+        return event_id_of(data, uuid)
+    except (RecursionError, ValueError) as exc:
+        raise _unrepresentable(exc) from None
+
+
+def stored_text_of(alert: FalcoAlert) -> str:
+    """``alert.stored_text()``, with a value that has no JSON text named as the client's
+    error. For alerts taken from a JSON array, whose stored form is computed rather than
+    received, before they reach the database."""
+    try:
+        return alert.stored_text()
+    except (RecursionError, ValueError) as exc:
+        raise _unrepresentable(exc) from None
+
+
+def _unrepresentable(exc: BaseException) -> InvalidAlertError:
+    if isinstance(exc, RecursionError):
+        return InvalidAlertError("", "nested too deeply to canonicalise")
+    if isinstance(exc, UnicodeEncodeError):
+        # RFC 8259 section 8.2: a lone \ud800-\udfff escape is not a Unicode character
+        return InvalidAlertError(
+            "", "a string holds an unpaired UTF-16 surrogate escape (RFC 8259 section 8.2)"
+        )
+    # RFC 8785 section 3.2.2.3 (and JSON itself): 1e400 decodes to infinity
+    return InvalidAlertError("", f"has no canonical JSON form (RFC 8785): {exc}")
 
 
 def _reject_constant(name: str) -> Any:
@@ -507,6 +539,8 @@ def decode_json(text: str | bytes) -> Any:
         ) from None
     except ValueError as exc:
         raise InvalidAlertError("", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidAlertError("", "not JSON this service accepts: nested too deeply") from None
 
 
 def _type(value: object) -> str:

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from runtime.errors import InvalidAlertError, UnsupportedMediaError
-from runtime.falco import FalcoAlert, decode_json, parse_alert, parse_alert_json, utf8_text
+from runtime.falco import (
+    FalcoAlert,
+    decode_json,
+    parse_alert,
+    parse_alert_json,
+    stored_text_of,
+    utf8_text,
+)
 
 JSON_TYPES = {"application/json", "text/json"}
 NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
@@ -80,7 +87,11 @@ def parse_body(body: bytes, content_type: str | None) -> ParsedBody:
 
 def _item(index: int, value: object) -> Item:
     try:
-        return Item(index, parse_alert(value), None)
+        alert = parse_alert(value)
+        # an array item has no text of its own: its stored form is computed now, so a value
+        # without one fails this item rather than the transaction of every waiting request
+        alert.received = stored_text_of(alert)
+        return Item(index, alert, None)
     except InvalidAlertError as exc:
         return Item(index, None, exc)
 

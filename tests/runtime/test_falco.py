@@ -163,6 +163,31 @@ def test_bad_json(body: bytes, message: str) -> None:
     assert message in str(info.value)
 
 
+def _docs_with_raw(extra: str) -> bytes:
+    """The docs alert with one more top-level member given as raw JSON text."""
+    return json.dumps(_docs_alert()).encode()[:-1] + b', "x": ' + extra.encode() + b"}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("1e400", "no canonical JSON form"),  # decodes to infinity
+        ('["a", -1e999]', "no canonical JSON form"),
+        ('"\\ud800"', "unpaired UTF-16 surrogate"),
+        ("[" * 900 + "]" * 900, "nested too deeply"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ],
+    ids=["infinity", "negative-infinity-in-list", "lone-surrogate", "deep-900", "deep-5000"],
+)
+def test_values_without_a_canonical_form_are_the_clients_error(extra: str, message: str) -> None:
+    """Each of these used to escape as a server error (CanonicalizationError,
+    UnicodeEncodeError, RecursionError): a 500, or a failed transaction for every request
+    in the same group commit."""
+    with pytest.raises(InvalidAlertError) as info:
+        parse_alert_json(_docs_with_raw(extra))
+    assert message in str(info.value)
+
+
 def test_event_id_is_stable_and_content_sensitive() -> None:
     data = _docs_alert()
     reordered = dict(reversed(list(data.items())))

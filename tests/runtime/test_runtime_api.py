@@ -81,6 +81,23 @@ async def test_ndjson_batch_keeps_good_lines_and_reports_bad_ones(
     assert ingestor.store.count() == 2
 
 
+async def test_a_json_array_item_without_a_stored_form_fails_alone(
+    client: httpx.AsyncClient, ingestor: EventIngestor
+) -> None:
+    """An array item is stored in its canonical form, computed from the decoded value. With a
+    uuid its id needs no hashing, so an infinity used to reach the writer and fail the whole
+    group commit (503 for every request waiting); now only that item is refused."""
+    raws = corpus_raw()[:2]
+    poison = json.dumps(raws[1] | {"uuid": "4dd8a8b0-1f4e-4a5c-9d0b-6c1b9c1d2e3f"})
+    body = "[" + json.dumps(raws[0]) + "," + poison[:-1] + ', "x": 1e400}]'
+    reply = await client.post("/v1/runtime/falco", content=body, headers=FALCO)
+    assert reply.status_code == 207, reply.text
+    results = reply.json()["results"]
+    assert results[0]["status"] == "stored"
+    assert results[1]["status"] == "invalid" and "JSON" in results[1]["error"]["message"]
+    assert ingestor.store.count() == 1
+
+
 async def test_json_array_batch(client: httpx.AsyncClient, ingestor: EventIngestor) -> None:
     raws = corpus_raw()
     reply = await client.post(
@@ -115,6 +132,9 @@ BAD_INPUT = {
     "missing-time": (_without("time"), FALCO, 422, "time"),
     "unknown-priority": (_with(priority="Severe"), FALCO, 422, "unknown priority"),
     "bad-output-fields": (_with(output_fields=[1]), FALCO, 422, "output_fields"),
+    "infinite-number": (_with()[:-1] + b', "x": 1e400}', FALCO, 400, "canonical JSON"),
+    "lone-surrogate": (_with()[:-1] + b', "x": "\\udc00"}', FALCO, 400, "surrogate"),
+    "nested-too-deep": (b"[" * 5000 + b"]" * 5000, FALCO, 400, "nested too deeply"),
     "text-plain": (b"Critical A shell was spawned", TEXT, 415, "json_output"),
     "no-mtls": (_with(), {"content-type": "application/json"}, 401, "mTLS"),
     "not-allowed": (_with(), OTHER, 403, "may not submit"),
