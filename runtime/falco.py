@@ -467,6 +467,16 @@ def parse_alert(data: object) -> FalcoAlert:
     alert.k8s_pod = alert.field_str("k8s.pod.name")
     alert.k8s_pod_uid = alert.field_str("k8s.pod.uid")
     alert.container_id = alert.field_str("container.id")
+    if alert.uuid:
+        # not hashed (the id is Falcosidekick's uuid), so nothing has encoded the strings that
+        # become columns and audit fields yet: one that cannot be UTF-8 (an unpaired
+        # surrogate escape) would otherwise fail in the writer, for its whole group commit
+        columns = (alert.rule, alert.source, alert.hostname, alert.k8s_ns, alert.k8s_pod,
+                   alert.k8s_pod_uid, alert.container_id)  # fmt: skip
+        try:
+            "".join(c for c in columns if c).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise _unrepresentable(exc) from None
     return alert
 
 

@@ -188,6 +188,15 @@ def test_values_without_a_canonical_form_are_the_clients_error(extra: str, messa
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize("field", ["rule", "hostname", "source"])
+def test_an_alert_with_a_uuid_is_checked_for_strings_that_cannot_be_stored(field: str) -> None:
+    """Falcosidekick's uuid is the id, so the alert is not hashed: its column strings are
+    checked on their own (a lone surrogate would fail the writer's whole group commit)."""
+    data = _docs_alert() | {"uuid": "7466e462-ddde-434d-8dee-390ca5656f83", field: "x\ud800"}
+    with pytest.raises(InvalidAlertError, match="surrogate"):
+        parse_alert(data)
+
+
 def test_event_id_is_stable_and_content_sensitive() -> None:
     data = _docs_alert()
     reordered = dict(reversed(list(data.items())))
