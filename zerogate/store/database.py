@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,33 +66,49 @@ _BEGIN = {"IMMEDIATE": "BEGIN IMMEDIATE", "EXCLUSIVE": "BEGIN EXCLUSIVE"}
 
 
 class _WalCheckpointer:
-    """Moves SQLite's WAL into the database file every ``interval`` seconds, off the commit
-    path, holding this process's write lock while it does.
+    """Moves SQLite's WAL into the database file every ``interval`` seconds, with this
+    process's write lock held.
 
     SQLite rewinds the WAL to its start only when a writer finds every frame already copied
     back (sqlite.org/wal.html, "Avoiding Excessively Large WAL Files"). A checkpoint that
     runs beside a steady writer never sees that: the writer appends while it copies, so the
     WAL grew without bound under sustained ingestion (36 KB per one-alert transaction: 586 MB
-    after 16,000 of them, and each transaction slower as it grew). Holding the lock, the
-    PASSIVE checkpoint copies everything, and the next transaction starts the WAL over.
-    Writers of this process wait for it (a few ms); readers never do."""
+    after 16,000 of them, and each transaction slower as it grew). With the lock held, the
+    PASSIVE checkpoint copies everything and the next transaction starts the WAL over.
+
+    When due, the next writer runs it on its own connection before its transaction
+    (``Database.begin``): a background thread waiting for the lock could starve behind a
+    writer that takes it back at once. The thread covers idle time, when nobody writes.
+    Readers never wait for it."""
 
     def __init__(self, engine: Engine, lock: threading.RLock, interval: float = 0.1) -> None:
         self._engine = engine
         self._lock = lock
         self._interval = interval
+        self._due = time.monotonic() + interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sqlite-wal-checkpoint", daemon=True)
         self._thread.start()
 
+    def due(self) -> bool:
+        return time.monotonic() >= self._due
+
+    def run_on(self, dbapi_conn: Any) -> None:
+        """Checkpoint on ``dbapi_conn`` (no transaction open); the caller holds the lock."""
+        self._due = time.monotonic() + self._interval
+        try:
+            dbapi_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:  # busy (another process) or closing: next round
+            log.debug("event=store.wal_checkpoint_skipped error=%s", exc)
+
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
-            if not self._lock.acquire(timeout=self._interval):
-                continue  # a long transaction: try again next round
+            if not self.due() or not self._lock.acquire(timeout=self._interval):
+                continue  # a writer ran it, or holds the lock and will
             try:
                 with self._engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            except DBAPIError as exc:  # busy or closing: try again next round
+                    self.run_on(conn.connection.dbapi_connection)
+            except DBAPIError as exc:
                 log.debug("event=store.wal_checkpoint_skipped error=%s", exc)
             finally:
                 self._lock.release()
@@ -205,6 +223,9 @@ class Database:
             raise StoreError(f"database is locked: no write slot within {_LOCK_WAIT_S:g}s")
         try:
             with self.engine.connect() as raw:
+                checkpointer = self._checkpointer
+                if checkpointer is not None and checkpointer.due():
+                    checkpointer.run_on(raw.connection.dbapi_connection)
                 conn = raw.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
                     yield conn
