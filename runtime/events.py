@@ -371,16 +371,18 @@ class EventStore:
             )
 
     def prune(
-        self, older_than: datetime, *, batch: int = 5000, audit: PruneAudit | None = None
+        self, older_than: datetime, *, batch: int = 500, audit: PruneAudit | None = None
     ) -> int:
-        """Delete the events last seen before ``older_than``; returns how many.
+        """Delete up to ``batch`` of the events last seen before ``older_than``, oldest
+        first, in one transaction; returns how many (fewer than ``batch``: nothing is left).
 
-        At most ``batch`` rows per transaction, oldest first, so ingestion never waits long
-        for the write lock. ``audit`` is called in each deleting transaction with what it
-        deletes, so a deletion and its audit record commit together. Rows whose own
-        ``runtime.event`` record is not written yet (``audit_seq`` NULL, for ``recover()``)
-        are kept. Audit records are never pruned: the chain is the permanent record; this
-        table is the working set (deduplication, the policy's ``recent``, the events API)."""
+        One bounded transaction per call, because the write lock it holds is the one
+        ingestion waits for (500 rows: 8-12 ms on SQLite; 5,000 held it 64-106 ms).
+        ``audit`` is called in that transaction with what it deletes, so a deletion and its
+        audit record commit together. Rows whose own ``runtime.event`` record is not written
+        yet (``audit_seq`` NULL, for ``recover()``) are kept. Audit records are never pruned:
+        the chain is the permanent record; this table is the working set (deduplication, the
+        policy's ``recent``, the events API)."""
         expired = (
             select(runtime_event.c.id)
             .where(
@@ -391,18 +393,14 @@ class EventStore:
             .order_by(runtime_event.c.id)
             .limit(batch)
         )
-        total = 0
-        while True:
-            with self._db.begin() as conn:
-                ids = list(conn.execute(expired).scalars())
-                if not ids:
-                    return total
-                conn.execute(delete(runtime_event).where(runtime_event.c.id.in_(ids)))
-                if audit is not None:
-                    audit(conn, PrunedBatch(len(ids), ids[0], ids[-1], older_than))
-            total += len(ids)
-            if len(ids) < batch:
-                return total
+        with self._db.begin() as conn:
+            ids = list(conn.execute(expired).scalars())
+            if not ids:
+                return 0
+            conn.execute(delete(runtime_event).where(runtime_event.c.id.in_(ids)))
+            if audit is not None:
+                audit(conn, PrunedBatch(len(ids), ids[0], ids[-1], older_than))
+        return len(ids)
 
     def set_identities(self, row_id: int, spiffe_ids: list[str]) -> None:
         with self._db.begin() as conn:

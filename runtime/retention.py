@@ -5,7 +5,8 @@ this service is built for, millions of rows a day). SPIRE prunes its registratio
 events the same way (``prune_events_older_than``). What goes:
 
 - rows whose ``last_seen`` is older than the retention, oldest first, in transactions of at
-  most ``batch`` rows (``EventStore.prune``);
+  most ``batch`` rows (``EventStore.prune``), with a pause between them so the writers that
+  queue on the same lock (ingestion) go first;
 - never the audit records: each deleting transaction appends one ``runtime.events_pruned``
   record (count, row id range, cutoff) to the same chain, in the same transaction, so the
   trail shows what was removed and when; each event's own ``runtime.event`` record stays.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import timedelta
 
 from sqlalchemy import Connection
@@ -42,7 +44,8 @@ class EventRetention:
         *,
         retention_s: int,
         interval_s: float = 60.0,
-        batch: int = 5000,
+        batch: int = 500,
+        pause_s: float = 0.01,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._store = store
@@ -50,6 +53,7 @@ class EventRetention:
         self._retention = timedelta(seconds=retention_s)
         self._interval = interval_s
         self._batch = batch
+        self._pause = pause_s
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self.pruned = 0
@@ -72,7 +76,13 @@ class EventRetention:
                 ],
             )
 
-        count = self._store.prune(cutoff, batch=self._batch, audit=record)
+        count = 0
+        while True:
+            done = self._store.prune(cutoff, batch=self._batch, audit=record)
+            count += done
+            if done < self._batch:
+                break
+            time.sleep(self._pause)  # the lock is fair to nobody: let ingestion have it
         if count:
             self.pruned += count
             log.info("event=runtime.events_pruned count=%d before=%s", count, cutoff.isoformat())
