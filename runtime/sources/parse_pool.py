@@ -12,7 +12,9 @@ boundaries into pieces of at least ``chunk_bytes``, so several workers share one
 The rules, errors and line numbers are those of in-process parsing
 (``runtime.sources.http.parse_body``); the tests compare the two. If a worker dies or the
 pool cannot start, the failure is logged (``event=runtime.parse_pool.failed``), that body is
-parsed in this process (the same validation, only slower), and the next body gets a new pool.
+parsed in this process (the same validation, only slower), and so are the bodies of the next
+``retry_after_s`` (30 s), so that a pool that cannot start does not cost every batch a start
+attempt; then a new pool is tried.
 
 Workers use the ``spawn`` start method: forking a process that runs gRPC, OPA's Go runtime and
 several threads is unsafe.
@@ -133,11 +135,14 @@ class ParsePool:
         *,
         inline_bytes: int = 64 << 10,
         chunk_bytes: int = 256 << 10,
+        retry_after_s: float = 30.0,
     ) -> None:
         self.processes = processes
         self.inline_bytes = inline_bytes
         self.chunk_bytes = chunk_bytes
+        self.retry_after_s = retry_after_s
         self._executor: Executor | None = None
+        self._retry_at = 0.0  # after a failure, no new pool before this (time.monotonic)
         self.stats = {"pooled": 0, "inline": 0, "fallback": 0}
 
     def start(self) -> None:
@@ -152,7 +157,7 @@ class ParsePool:
             log.info("event=runtime.parse_pool.started processes=%d", self.processes)
         except Exception as exc:  # batches are parsed in-process until a pool starts
             log.error("event=runtime.parse_pool.failed stage=start error=%r", exc)
-            self._reset()
+            self._failed()
 
     def close(self) -> None:
         """Stop the workers and wait for them (each finishes the body it has), so nothing
@@ -171,7 +176,11 @@ class ParsePool:
             )
         return self._executor
 
-    def _reset(self) -> None:
+    def _failed(self) -> None:
+        """Drop the pool; the next one is tried ``retry_after_s`` from now, so a pool that
+        cannot start does not cost every batch a start attempt."""
+        self.stats["fallback"] += 1
+        self._retry_at = time.monotonic() + self.retry_after_s
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
@@ -183,7 +192,7 @@ class ParsePool:
         if len(body) <= self.inline_bytes or not (ndjson or kind in JSON_TYPES or not kind):
             self.stats["inline"] += 1
             return parse_body(body, content_type)  # small, or refused by its media type
-        if self.processes <= 0:
+        if self.processes <= 0 or time.monotonic() < self._retry_at:
             self.stats["inline"] += 1
             # big and no workers: keep the event loop answering others meanwhile
             return await asyncio.to_thread(parse_body, body, content_type)
@@ -202,9 +211,8 @@ class ParsePool:
                 )
             )
         except Exception as exc:  # a dead worker, a pool that cannot start: parse here
-            self.stats["fallback"] += 1
             log.error("event=runtime.parse_pool.failed stage=parse error=%r", exc)
-            self._reset()
+            self._failed()
             return await asyncio.to_thread(parse_body, body, content_type)
         self.stats["pooled"] += 1
         return _merge(packed)

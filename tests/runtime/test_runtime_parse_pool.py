@@ -143,8 +143,11 @@ def test_alert_rebuilt_from_parts_decodes_raw_only_when_read() -> None:
     assert _alert_view(rebuilt) == _alert_view(alert)
 
 
-async def test_a_killed_worker_falls_back_to_in_process_and_a_new_pool_follows() -> None:
-    pool = ParsePool(1, inline_bytes=0)
+@pytest.mark.parametrize("retry_after_s", [0.0, 60.0])
+async def test_a_killed_worker_falls_back_to_in_process_then_a_new_pool_is_tried(
+    retry_after_s: float,
+) -> None:
+    pool = ParsePool(1, inline_bytes=0, retry_after_s=retry_after_s)
     pool.start()
     try:
         executor = pool._pool()
@@ -155,7 +158,10 @@ async def test_a_killed_worker_falls_back_to_in_process_and_a_new_pool_follows()
         assert _view(await pool.parse(body, NDJSON)) == expected
         assert pool.stats["fallback"] == 1
         assert _view(await pool.parse(body, NDJSON)) == expected
-        assert pool.stats["pooled"] == 1
+        if retry_after_s:  # within the retry delay: in-process, no new pool
+            assert pool.stats == {"pooled": 0, "inline": 1, "fallback": 1}
+        else:
+            assert pool.stats == {"pooled": 1, "inline": 0, "fallback": 1}
     finally:
         pool.close()
 
