@@ -60,12 +60,14 @@ async def _caller(request: Request) -> str | None:
 
 
 def _app(rt: Any) -> FastAPI:
+    from zerogate.telemetry import FASTAPI_TELEMETRY_OFF
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         rt.parser.close()  # before uvicorn re-raises SIGTERM, as RuntimeService.stop does
 
-    app = FastAPI(lifespan=lifespan)
+    app = FastAPI(lifespan=lifespan, telemetry=FASTAPI_TELEMETRY_OFF)  # as zerogate.server
     rt.install(app, caller=_caller)  # as zerogate.wiring does
     return app
 

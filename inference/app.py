@@ -23,6 +23,7 @@ from inference.gate import Gate, Ungated
 from inference.models import ModelRegistry
 from inference.openai_types import error_body
 from zerogate.errors import ConfigError
+from zerogate.telemetry import FASTAPI_TELEMETRY_OFF
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        telemetry=FASTAPI_TELEMETRY_OFF,  # zerogate.telemetry's providers trace the calls
     )
     install_error_handlers(app)
     app.include_router(api.router(registry, gate))

@@ -31,7 +31,7 @@ from zerogate.clock import SYSTEM_CLOCK, Clock
 from zerogate.config import Settings
 from zerogate.errors import ZerogateError
 from zerogate.store import Database
-from zerogate.telemetry import PROMETHEUS_CONTENT_TYPE, Telemetry
+from zerogate.telemetry import FASTAPI_TELEMETRY_OFF, PROMETHEUS_CONTENT_TYPE, Telemetry
 from zerogate.tls import PeerCertProtocol, ServerTLS
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,12 @@ class ControlPlane:
             "database": database_check(self.kernel.db),
             "audit": lambda: self.kernel.audit.healthy,
         }
-        self.app = FastAPI(title="zerogate control plane", docs_url=None, redoc_url=None)
+        self.app = FastAPI(
+            title="zerogate control plane",
+            docs_url=None,
+            redoc_url=None,
+            telemetry=FASTAPI_TELEMETRY_OFF,
+        )
         self.listeners: list[Listener] = []
         # subsystem objects other parts (tests, the CLI) may need after assembly
         self.extras: dict[str, Any] = {}
