@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zerogate import json_input
 from zerogate.errors import ZerogateError
 
 API_VERSION = "admission.k8s.io/v1"
@@ -84,8 +85,8 @@ def parse_review(body: bytes | str | Mapping[str, Any]) -> AdmissionRequest:
     """Parse and validate an AdmissionReview request body; ReviewError names the rule broken."""
     if isinstance(body, (bytes, str)):
         try:
-            doc = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            doc = json_input.loads(body)
+        except json_input.JsonInputError as exc:
             raise ReviewError(f"body is not JSON: {exc}") from None
     else:
         doc = body

@@ -30,7 +30,6 @@ audit records only, never on metric labels (unbounded cardinality).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -55,6 +54,7 @@ from inference.refusals import (
     QuarantinedError,
     Refusal,
 )
+from zerogate import json_input
 from zerogate.clock import Clock
 from zerogate.errors import AuditError
 
@@ -459,8 +459,8 @@ async def _request_content(request: Request) -> Any:
     """What the caller sent to the model (``input`` / ``messages``), for ``capture_content``:
     FastAPI has read and cached the body already, so this costs no second read."""
     try:
-        body = json.loads(await request.body())
-    except ValueError:
+        body = json_input.loads(await request.body())
+    except json_input.JsonInputError:
         return None
     if not isinstance(body, dict):
         return None

@@ -17,7 +17,6 @@ place where a domain error becomes a status and an OPA error body (like OPA's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ from policy.errors import (
     PolicyUnavailableError,
 )
 from policy.service import PolicyService
+from zerogate import json_input
 
 # OPA error codes (v1/server/types/types.go).
 CODE_INVALID_PARAMETER = "invalid_parameter"
@@ -76,8 +76,8 @@ async def json_body(request: Request, *, required: bool = False) -> Any:
             raise PolicyInputError("request body is empty")
         return None
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json_input.loads(raw)
+    except json_input.JsonInputError as exc:
         raise PolicyInputError(f"body contains malformed JSON: {exc}") from None
 
 

@@ -9,7 +9,6 @@ is a decision: cached per nothing (no caller key here) and written to the decisi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from policy.api import error_response, flag, json_body
 from policy.engine import Decision
 from policy.errors import PolicyError, PolicyInputError
 from policy.service import PolicyService
+from zerogate import json_input
 
 
 def _answer(request: Request, decision: Decision, service: PolicyService) -> JSONResponse:
@@ -65,8 +65,8 @@ def data_router(service: PolicyService, admin: Callable[..., Any]) -> APIRouter:
         input: Any = None
         if raw is not None:
             try:
-                input = json.loads(raw)
-            except json.JSONDecodeError as exc:
+                input = json_input.loads(raw)
+            except json_input.JsonInputError as exc:
                 return error_response(PolicyInputError(f"input parameter is not JSON: {exc}"))
         return await query(request, path, input)
 

@@ -271,6 +271,8 @@ async def test_mutation_injects_workload_api_idempotently(
 
 BAD_REVIEWS: list[tuple[str, bytes, str]] = [
     ("not-json", b"{not json", "body is not JSON"),
+    ("nested-too-deep", b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+    ("number-out-of-range", b'{"apiVersion": 1e400}', "out of range"),
     ("array", b"[]", "must be a JSON object"),
     (
         "v1beta1",

@@ -109,6 +109,13 @@ def test_data_api_shapes(served: tuple[str, PolicyService]) -> None:
         assert bad.status_code == 400 and bad.json()["code"] == "invalid_parameter"
         not_object = http.post("/v1/data/zerogate/app", json=[1])
         assert not_object.status_code == 400
+        deep = b"[" * 5000 + b"]" * 5000  # RecursionError in json.loads: was a 500 / reset
+        too_deep = http.post("/v1/data/zerogate/app", content=b'{"input": ' + deep + b"}")
+        assert too_deep.status_code == 400 and "nested too deeply" in too_deep.text
+        too_deep_get = http.get("/v1/data/zerogate/app", params={"input": deep.decode()})
+        assert too_deep_get.status_code == 400 and "nested too deeply" in too_deep_get.text
+        huge = http.post("/v1/data/zerogate/app", content=b'{"input": {"n": 1e400}}')
+        assert huge.status_code == 400 and "out of range" in huge.text  # was an eval 500
         assert http.put("/v1/data/app/limit", json=9).status_code == 204
         assert http.get("/v1/data/app/limit").json()["result"] == 9
         assert http.delete("/v1/data/app/limit").status_code == 204
