@@ -100,7 +100,8 @@ class ChatBody(_Wire):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    seed: int | None = None
+    # the range torch.Generator.manual_seed takes; beyond it sampling failed with a 500
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
     user: str | None = None
 
     def to_backend(self) -> ChatRequest:

@@ -146,6 +146,13 @@ def test_raw_sse_ends_with_done(upstream_url: str) -> None:
             "invalid_request",
             "temperature",
         ),
+        (
+            "chat/completions",
+            {"model": CHAT_MODEL, "seed": 2**64, "messages": [{"role": "user", "content": "x"}]},
+            400,
+            "invalid_request",
+            "seed",
+        ),
     ],
 )
 def test_errors_use_openais_shape(
