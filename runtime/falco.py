@@ -44,6 +44,7 @@ from enum import IntEnum
 from typing import Any
 
 from runtime.errors import InvalidAlertError
+from zerogate import json_input
 from zerogate.jcs import canonical_json as jcs_bytes
 
 __all__ = [
@@ -243,7 +244,7 @@ class FalcoAlert:
             alert.received,
         ) = parts
         alert.priority = _BY_SEVERITY[severity]
-        alert.timestamp = _EPOCH + timedelta(microseconds=alert.time_ns // 1000)
+        alert.timestamp = _utc_stamp(alert.time_ns)
         alert._raw = alert._tags = alert._output_fields = None
         return alert
 
@@ -361,9 +362,14 @@ def parse_time(value: str) -> tuple[datetime, int]:
     seconds = days * 86400 + local.hour * 3600 + local.minute * 60 + local.second - offset
     time_ns = seconds * 1_000_000_000 + nanos
     try:
-        return _EPOCH + timedelta(microseconds=time_ns // 1000), time_ns
+        return _utc_stamp(time_ns), time_ns
     except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         raise ValueError(f"{value!r} is outside the years 1-9999 in UTC") from None
+
+
+def _utc_stamp(time_ns: int) -> datetime:
+    """Epoch nanoseconds -> aware UTC datetime, truncated to microseconds."""
+    return _EPOCH + timedelta(microseconds=time_ns // 1000)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -511,13 +517,6 @@ def _unrepresentable(exc: BaseException) -> InvalidAlertError:
     return InvalidAlertError("", f"has no canonical JSON form (RFC 8785): {exc}")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one, not one per json.loads
-
-
 def parse_alert_json(text: str | bytes) -> FalcoAlert:
     """Decode and validate one alert from JSON text; the text is kept as ``received`` (what
     the events table stores, so the alert is not serialised again)."""
@@ -539,18 +538,14 @@ def utf8_text(text: str | bytes) -> str:
 
 
 def decode_json(text: str | bytes) -> Any:
-    """Strict JSON decode (no NaN/Infinity); InvalidAlertError with line/column on failure."""
-    text = utf8_text(text)
+    """Strict JSON decode (zerogate.json_input: no NaN/Infinity, UTF-8, bounded nesting);
+    InvalidAlertError with the reason. A number beyond a double is left as infinity here and
+    refused per alert, when its canonical form is taken (``_identify``, ``stored_text_of``):
+    one bad item of a JSON array must not refuse the rest."""
     try:
-        return _DECODER.decode(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidAlertError(
-            "", f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except ValueError as exc:
+        return json_input.loads(utf8_text(text), finite_numbers=False)
+    except json_input.JsonInputError as exc:
         raise InvalidAlertError("", f"not JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidAlertError("", "not JSON this service accepts: nested too deeply") from None
 
 
 def _type(value: object) -> str:

@@ -9,7 +9,9 @@ Strict where ``json.loads`` is lenient, and never raising what a handler does no
   from the first bytes.
 - ``NaN`` and ``Infinity`` are not JSON (RFC 8259 section 6), and a number too large for a
   double (``1e400``) decoded to infinity, which OPA then refused as an evaluation error (a 500).
-  Section 9 lets a parser limit the range of numbers: these are refused.
+  Section 9 lets a parser limit the range of numbers: these are refused, unless the caller
+  refuses them per item itself (``finite_numbers=False``: Falco batches, where one bad array
+  item must not refuse the others; ``runtime.falco``).
 
 Callers map ``JsonInputError`` to their 400.
 """
@@ -36,18 +38,19 @@ def _constant(name: str) -> Any:
     raise JsonInputError(f"{name} is not JSON (RFC 8259 section 6)")
 
 
-_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_constant)
+_FINITE = json.JSONDecoder(parse_float=_finite, parse_constant=_constant)
+_ANY_NUMBER = json.JSONDecoder(parse_constant=_constant)
 
 
-def loads(raw: str | bytes) -> Any:
+def loads(raw: str | bytes, *, finite_numbers: bool = True) -> Any:
     """The JSON value in ``raw``; JsonInputError (a ValueError) for anything else."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        return _DECODER.decode(text)
+        return (_FINITE if finite_numbers else _ANY_NUMBER).decode(text)
     except JsonInputError:
         raise
     except json.JSONDecodeError as exc:
-        raise JsonInputError(f"{exc.msg}: line {exc.lineno} column {exc.colno}") from None
+        raise JsonInputError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError as exc:
         raise JsonInputError(f"not UTF-8 (RFC 8259 section 8.1): {exc.reason}") from None
     except RecursionError:
