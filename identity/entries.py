@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from identity.errors import EntryConflictError, EntryError, EntryNotFoundError
 from identity.spiffeid import InvalidSpiffeIdError, SpiffeId, TrustDomain
@@ -309,6 +309,19 @@ class EntryRepository:
             query = query.where(identity_entry.c.id.in_(sub))
         with self.db.begin() as conn:
             return [_row_to_entry(r) for r in conn.execute(query)]
+
+    def version(self) -> tuple[int, int, Any]:
+        """(count, sum of revisions, last update) of the stored entries: moves with every
+        create, update and delete, including another process's (the CLI, a replica), which
+        ``on_change`` does not report. One aggregate read; no write lock."""
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(identity_entry.c.revision), 0),
+            func.max(identity_entry.c.updated_at),
+        )
+        with self.db.engine.connect() as conn:
+            count, revisions, updated = conn.execute(query).one()
+        return int(count), int(revisions), updated
 
     def match(self, selectors: Iterable[str | Selector]) -> builtins.list[Entry]:
         """Enabled entries whose selectors are all among ``selectors``."""

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -112,6 +112,13 @@ class PolicyEngine(Protocol):
 
     def evaluate(self, path: str, input: Any = None) -> Decision:
         """Evaluate ``data.<path>``; MUST raise ``PolicyEvalError`` rather than guess."""
+        ...
+
+    def prepare(self, paths: Iterable[str]) -> None:
+        """Make ``data.<path>`` fast to evaluate from its first call, now and for every later
+        revision before it goes live (the hot paths of the enforcement points). Never raises
+        for a path that is undefined or needs input; may do nothing where there is nothing to
+        prepare."""
         ...
 
     def close(self) -> None:

@@ -12,10 +12,11 @@ that many evaluations run in parallel (the native call releases the GIL).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,13 @@ class _Revision:
         return self.instances[next(self.counter) % len(self.instances)]
 
 
+def _prepare(engine: OpaEngine, documents: Iterable[str]) -> None:
+    for document in documents:
+        # undefined, or a rule that needs input: the query is prepared all the same
+        with contextlib.suppress(OpaError):
+            engine.eval_document(document, None)
+
+
 class OpaEmbeddedEngine:
     """The default engine: OPA's own evaluator, no network, no subprocess."""
 
@@ -64,6 +72,7 @@ class OpaEmbeddedEngine:
         self._pool_size = pool_size
         self._state: _Revision | None = None
         self._load_lock = threading.Lock()
+        self._hot: set[str] = set()  # documents prepared on every instance of each revision
         try:
             probe = OpaEngine()
         except OSError as exc:  # the shared library does not load on this platform
@@ -80,8 +89,24 @@ class OpaEmbeddedEngine:
         sources = dict(modules)
         with self._load_lock:
             instances = tuple(self._build(sources, data) for _ in range(self._pool_size))
+            for instance in instances:  # before the swap: no decision meets a cold query
+                _prepare(instance, self._hot)
             self._state = _Revision(revision, instances, sources, itertools.count())
         return revision
+
+    def prepare(self, paths: Iterable[str]) -> None:
+        """OPA prepares a query on its first evaluation per instance, and each revision has
+        new instances: the first decision on a path after a start or a reload took ~50 ms
+        against ~1-2 ms for the next (the runtime responder's first quarantine, the first
+        Falco POST's submit check). The hot documents are evaluated once with no input on
+        every instance: now, and in ``load`` before the new revision is swapped in."""
+        documents = {".".join(split_identifier_prefix(normalize_path(p))[0]) for p in paths}
+        with self._load_lock:
+            self._hot |= documents
+            state = self._state
+            if state is not None:
+                for instance in state.instances:
+                    _prepare(instance, documents)
 
     def _build(self, modules: Mapping[str, str], data: Mapping[str, Any]) -> OpaEngine:
         engine = OpaEngine()

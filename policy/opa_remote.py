@@ -24,7 +24,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -183,6 +183,9 @@ class OpaRemoteEngine:
         raise PolicyUnavailableError(
             f"no OPA server answered within {self._timeout * 1000:.0f} ms: " + "; ".join(failures)
         )
+
+    def prepare(self, paths: Iterable[str]) -> None:
+        """Nothing to prepare here: each OPA server prepares its own queries."""
 
     def close(self) -> None:
         self._closed = True

@@ -26,7 +26,7 @@ import json
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,6 +179,9 @@ class RegorusEngine:
             defined=defined,
             path="/".join(segments),
         )
+
+    def prepare(self, paths: Iterable[str]) -> None:
+        """Nothing to prepare: regorus evaluates a query without a preparation step."""
 
     def close(self) -> None:
         self._closed = True

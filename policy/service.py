@@ -87,6 +87,12 @@ class PolicyService:
     def revision(self) -> str | None:
         return self.store.revision
 
+    def prepare(self, *paths: str) -> None:
+        """Have the engine ready ``paths`` (the enforcement points' hot paths) now and before
+        every later revision goes live, so that no first decision after a start or a reload
+        pays the query's preparation (``PolicyEngine.prepare``)."""
+        self.engine.prepare(paths)
+
     def decide(
         self,
         path: str,

@@ -65,8 +65,11 @@ def allow_list(*spiffe_ids: str) -> SubmitAuthorizer:
     return authorize
 
 
+SUBMIT_POLICY_PATH = "zerogate/runtime/submit"
+
+
 def policy_authorizer(
-    policy: Any, trust_domain: str, path: str = "zerogate/runtime/submit"
+    policy: Any, trust_domain: str, path: str = SUBMIT_POLICY_PATH
 ) -> SubmitAuthorizer:
     """Ask ``data.zerogate.runtime.submit`` (rego/runtime/policy.rego) whether a SPIFFE ID may
     submit events. ``policy`` is a policy.service.PolicyService; errors propagate (the route

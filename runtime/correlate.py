@@ -24,6 +24,7 @@ cache is rebuilt (``Correlator.reload``; the server may call it on a timer).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,11 +101,35 @@ def match_entry(entry: Entry, known: dict[str, str]) -> Strength | None:
     return "pod" if "unix:uid" in agree else "namespace"
 
 
+def _matches(entries: list[Entry], known: dict[str, str]) -> list[MatchedIdentity]:
+    found = []
+    for entry in entries:
+        strength = match_entry(entry, known)
+        if strength is not None:
+            found.append(
+                MatchedIdentity(
+                    str(entry.spiffe_id), entry.id, strength, tuple(str(s) for s in entry.selectors)
+                )
+            )
+    return found
+
+
 class Correlator:
-    def __init__(self, entries: EntryRepository) -> None:
+    """Matches alerts to registration entries, from a cached copy of the enabled entries.
+
+    The copy follows this process's entry changes as they happen (``on_change``). Changes
+    made by another process (``zerogate entry create`` beside the server, another replica)
+    are found through the stored entries' version (``EntryRepository.version``): checked at
+    most every ``check_s`` seconds, and at once when an alert that names a workload matches
+    nothing, so an entry created a moment before its workload's first alert is matched."""
+
+    def __init__(self, entries: EntryRepository, *, check_s: float = 0.5) -> None:
         self._entries = entries
         self._lock = threading.Lock()
         self._cache: list[Entry] | None = None
+        self._version: object = None
+        self._checked = 0.0  # time.monotonic() of the last version check
+        self._check_s = check_s
         self.matched = 0
         self.unmatched = 0
         entries.on_change(self._on_change)
@@ -123,30 +148,41 @@ class Correlator:
         with self._lock:
             self._cache = None
 
-    def _all(self) -> list[Entry]:
+    def load(self) -> int:
+        """Read the entries now (the responder's warm-up), not on the first event; returns
+        how many are enabled."""
+        return len(self._all())
+
+    def _all(self, *, check: bool = False) -> list[Entry]:
+        """The enabled entries; re-read when the stored version moved (checked when
+        ``check`` or once ``check_s`` has passed)."""
+        now = time.monotonic()
         with self._lock:
             cached = self._cache
+            due = check or now - self._checked >= self._check_s
+        if cached is not None and due:
+            version = self._entries.version()
+            with self._lock:
+                self._checked = now
+                if version != self._version:
+                    cached = None
         if cached is None:
+            version = self._entries.version()  # before the read: a change between is re-read
             cached = [e for e in self._entries.list() if not e.disabled]
             with self._lock:
-                self._cache = cached
+                self._cache, self._version, self._checked = cached, version, now
         return cached
 
     def correlate(self, alert: FalcoAlert) -> list[MatchedIdentity]:
         known = workload_selectors(alert)
         found: list[MatchedIdentity] = []
         if known:
-            for entry in self._all():
-                strength = match_entry(entry, known)
-                if strength is not None:
-                    found.append(
-                        MatchedIdentity(
-                            str(entry.spiffe_id),
-                            entry.id,
-                            strength,
-                            tuple(str(s) for s in entry.selectors),
-                        )
-                    )
+            entries = self._all()
+            found = _matches(entries, known)
+            if not found:  # an entry another process created a moment ago?
+                fresh = self._all(check=True)
+                if fresh is not entries:
+                    found = _matches(fresh, known)
         if found:
             self.matched += 1
         else:

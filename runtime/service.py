@@ -23,8 +23,10 @@ from fastapi import APIRouter, FastAPI
 
 from identity.denylist import DenyList
 from identity.entries import EntryRepository
+from runtime.actions import POLICY_PATH as RESPONSE_POLICY_PATH
 from runtime.actions import Responder, WebhookAlerter
 from runtime.api import (
+    SUBMIT_POLICY_PATH,
     Caller,
     SubmitAuthorizer,
     SubmitFastPath,
@@ -111,6 +113,11 @@ class RuntimeService:
         )
 
     async def start(self) -> None:
+        prepare = getattr(self.policy, "prepare", None)  # policy.service.PolicyService
+        if prepare is not None:
+            # the submit check and the response policy, ready before the first Falco POST
+            # and before every later policy revision goes live (PolicyEngine.prepare)
+            await asyncio.to_thread(prepare, SUBMIT_POLICY_PATH, RESPONSE_POLICY_PATH)
         recovered = self.ingestor.recover()
         if recovered:
             log.info("event=runtime.recovered count=%d", recovered)
@@ -144,6 +151,11 @@ class RuntimeService:
         if self.nats is not None:
             parts.append(self.nats.ready())
         return self._started and all(parts)
+
+
+def _policy_changed(responder: Responder, data: Any) -> None:
+    responder.set_urgent_rules(urgent_rules(data))
+    responder.warm_up()  # OPA prepares the new policy's query now, not on the next alert
 
 
 def open_runtime(
@@ -183,7 +195,7 @@ def open_runtime(
         if source is not None and hasattr(source, "on_change"):
             if source.revision is not None:
                 responder.set_urgent_rules(urgent_rules(source.snapshot.data))
-            source.on_change(lambda snap: responder.set_urgent_rules(urgent_rules(snap.data)))
+            source.on_change(lambda snap: _policy_changed(responder, snap.data))
     nats_source = None
     if rs.nats_url:
         nats_source = NatsConsumer(

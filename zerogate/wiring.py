@@ -29,6 +29,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
+from admission.admit import NATIVE_PATH as ADMISSION_POLICY_PATH
 from admission.service import AdmissionService
 from identity.api import router as identity_router
 from identity.attestation import JoinTokens, psat_attestor_from_settings
@@ -39,6 +40,7 @@ from identity.service import IdentityService, open_identity
 from identity.spiffeid import SpiffeId
 from identity.svid_api import router as svid_router
 from identity.workload_server import build_workload_api_server
+from inference.authz import POLICY_PATH as INFERENCE_POLICY_PATH
 from inference.quarantine import QuarantineViewStatus
 from inference.service import build_inference_service, ensure_service_entry
 from policy.api import router as policy_router
@@ -221,12 +223,15 @@ def admin_required(
     return dependency
 
 
+ISSUANCE_POLICY_PATH = "zerogate/identity/decision"
+
+
 def issuance_check(policy: PolicyService) -> Callable[[dict[str, Any]], tuple[bool, list[str]]]:
     """The Workload API's issuance hook: ``data.zerogate.identity.decision`` (rego/identity/);
     an undefined or malformed decision denies."""
 
     def check(facts: dict[str, Any]) -> tuple[bool, list[str]]:
-        result = policy.decide("zerogate/identity/decision", facts, log=False).result
+        result = policy.decide(ISSUANCE_POLICY_PATH, facts, log=False).result
         if not isinstance(result, dict) or not isinstance(result.get("allow"), bool):
             return False, ["issuance policy gave no decision"]
         reasons = result.get("reasons") or []
@@ -317,6 +322,11 @@ def assemble(plane: ControlPlane) -> None:
     plane.add_component(_Named("admission", admission))
     plane.app.include_router(admission.router())
     plane.extras["admission"] = admission
+
+    # the enforcement points' paths: prepared now and before each new revision goes live, so
+    # no first decision after a start or a reload waits for OPA to prepare its query (the
+    # runtime prepares its own when it starts)
+    policy.prepare(ISSUANCE_POLICY_PATH, INFERENCE_POLICY_PATH, ADMISSION_POLICY_PATH)
 
 
 def _assemble_policy(

@@ -137,3 +137,25 @@ def test_closed_engine_is_unavailable(any_engine: PolicyEngine) -> None:
     any_engine.close()
     with pytest.raises(PolicyUnavailableError):
         any_engine.evaluate("t/allow", {})
+
+
+NEEDS_INPUT = (
+    "package t\nversion := 1\n"
+    "allow if input.ok == true\n"
+    'deny contains msg if { input.n > 1; msg := sprintf("%d", [input.n / 0]) }\n'
+)
+
+
+def test_prepare_never_raises_and_changes_no_decision(any_engine: PolicyEngine) -> None:
+    """Hot paths may be undefined, need input, or fail without it (a division by zero):
+    preparing them never raises, before or after a load, and decisions are unchanged."""
+    any_engine.prepare(["t/allow", "t/deny", "t/missing", "nowhere/at/all"])
+    any_engine.load({"t.rego": NEEDS_INPUT}, {})
+    any_engine.prepare(["t/version"])
+    assert any_engine.evaluate("t/allow", {"ok": True}).result is True
+    assert any_engine.evaluate("t/allow", {"ok": False}).defined is False
+    assert any_engine.evaluate("t/version").result == 1
+    assert any_engine.evaluate("t/missing").defined is False
+    with pytest.raises(PolicyCompileError):  # a bad revision is still refused as a whole
+        any_engine.load({"t.rego": "package t\nallow if {"}, {})
+    assert any_engine.evaluate("t/version").result == 1

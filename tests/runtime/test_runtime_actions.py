@@ -3,6 +3,7 @@ a real loopback webhook, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -368,3 +369,84 @@ def test_backlog_below_critical_is_bounded_critical_never_skipped(
     finally:
         responder.stop_thread()
     assert responder.skipped == 2
+
+
+class _Recording:
+    """The real policy service, recording each ``decide`` (path, input, log)."""
+
+    def __init__(self, policy: PolicyService, fail: bool = False) -> None:
+        self.policy = policy
+        self.fail = fail
+        self.calls: list[tuple[str, Any, bool]] = []
+
+    def decide(self, path: str, input: Any = None, *, log: bool = True) -> Any:
+        self.calls.append((path, input, log))
+        if self.fail:
+            raise RuntimeError("policy down")
+        return self.policy.decide(path, input, log=log)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_responder_warms_up_before_the_first_event(
+    database: Database,
+    runtime_audit: AuditLog,
+    entries: EntryRepository,
+    policy: PolicyService,
+    fail: bool,
+) -> None:
+    """At start (and on ``warm_up``, which open_runtime calls after each policy change) the
+    responder runs the response policy on a made-up Debug alert and reads the entries, so
+    the first real event does not pay for them. Nothing is stored, audited or acted on; a
+    failing warm-up is logged and the responder keeps running."""
+    entries.create(
+        EntrySpec(spiffe_id=SpiffeId.parse(KUBECON), selectors=(Selector.parse("k8s:ns:x"),))
+    )
+    recording = _Recording(policy, fail=fail)
+    correlator = Correlator(entries)
+    responder = Responder(
+        store=EventStore(database),
+        correlator=correlator,
+        policy=recording,
+        quarantine=QuarantineService(database, audit=runtime_audit),
+        audit=runtime_audit,
+    )
+    runtime_audit.flush()
+    before = len(tail(database, n=1000))
+    responder.start_thread()
+    try:
+        _wait(lambda: len(recording.calls) == 1)
+        path, input_, logged = recording.calls[0]
+        assert (path, logged) == ("zerogate/runtime/actions", False)
+        assert input_["event"]["priority"] == "Debug" and input_["identities"] == []
+        assert correlator.load() == 1 and (correlator.matched, correlator.unmatched) == (0, 0)
+        responder.warm_up()
+        _wait(lambda: len(recording.calls) == 2)
+        assert responder.handled == 0
+    finally:
+        responder.stop_thread()
+    runtime_audit.flush()
+    assert len(tail(database, n=1000)) == before
+    assert EventStore(database).count() == 0
+
+
+def test_correlator_sees_entries_another_process_wrote(
+    database: Database, entries: EntryRepository, runtime_audit: AuditLog
+) -> None:
+    """``zerogate entry create`` beside the server, or another replica, writes entries this
+    process is not told about: a workload's alert right after its entry was created still
+    matches it, and a removal is seen within ``check_s``."""
+    other = EntryRepository(database, clock=SYSTEM_CLOCK, audit=runtime_audit)  # the CLI
+    correlator = Correlator(entries, check_s=0.05)
+    assert correlator.load() == 0
+    alert = parse_alert(docs_raw())  # default/kubecon
+    assert correlator.correlate(alert) == []
+    created = other.create(
+        EntrySpec(
+            spiffe_id=SpiffeId.parse(KUBECON),
+            selectors=(Selector.parse("k8s:ns:default"), Selector.parse("k8s:pod-name:kubecon")),
+        )
+    )
+    assert [m.spiffe_id for m in correlator.correlate(alert)] == [KUBECON]  # at once
+    other.delete(created.id)
+    time.sleep(0.06)
+    assert correlator.correlate(alert) == []
