@@ -253,12 +253,12 @@ class Responder:
 
     def _warm(self) -> None:
         """Do now, on a made-up Debug alert, the read-only work whose first run is slow, so
-        that the first real event does not pay it: OPA prepares the response policy's query
-        on its first evaluation after each policy change (~55 ms of a 150 ms first
-        event-to-enforcement here, against ~20 ms for the next ones); the correlator reads the
-        registration entries; the recent-events query is compiled. Nothing is logged to the
-        decision log or audited; a failure is logged and ignored (the event path has its own
-        error handling)."""
+        that the first real event does not pay it: the response policy's first evaluation
+        (OPA prepares its query: ~55 ms of a 150 ms first event-to-enforcement here, against
+        ~20 ms for the next ones; ``RuntimeService.start`` also has the engine prepare it for
+        every later revision), the correlator's read of the registration entries, the
+        recent-events query. Nothing is logged to the decision log or audited; a failure is
+        logged and ignored (the event path has its own error handling)."""
         started = time.perf_counter()
         try:
             alert = parse_alert(_WARM_UP_ALERT)

@@ -120,16 +120,21 @@ class Correlator:
     The copy follows this process's entry changes as they happen (``on_change``). Changes
     made by another process (``zerogate entry create`` beside the server, another replica)
     are found through the stored entries' version (``EntryRepository.version``): checked at
-    most every ``check_s`` seconds, and at once when an alert that names a workload matches
-    nothing, so an entry created a moment before its workload's first alert is matched."""
+    most every ``check_s`` seconds, and when an alert that names a workload matches nothing,
+    at most every ``miss_check_s`` (most of a cluster's pods have no entry, so unmatched
+    alerts are the common case and each check reads the entries table), so an entry created
+    a moment before its workload's first alert is matched."""
 
-    def __init__(self, entries: EntryRepository, *, check_s: float = 0.5) -> None:
+    def __init__(
+        self, entries: EntryRepository, *, check_s: float = 0.5, miss_check_s: float = 0.02
+    ) -> None:
         self._entries = entries
         self._lock = threading.Lock()
         self._cache: list[Entry] | None = None
         self._version: object = None
         self._checked = 0.0  # time.monotonic() of the last version check
         self._check_s = check_s
+        self._miss_check_s = miss_check_s
         self.matched = 0
         self.unmatched = 0
         entries.on_change(self._on_change)
@@ -153,13 +158,13 @@ class Correlator:
         how many are enabled."""
         return len(self._all())
 
-    def _all(self, *, check: bool = False) -> list[Entry]:
-        """The enabled entries; re-read when the stored version moved (checked when
-        ``check`` or once ``check_s`` has passed)."""
+    def _all(self, *, miss: bool = False) -> list[Entry]:
+        """The enabled entries; re-read when the stored version moved (checked once
+        ``check_s`` has passed, or ``miss_check_s`` after an alert matched nothing)."""
         now = time.monotonic()
         with self._lock:
             cached = self._cache
-            due = check or now - self._checked >= self._check_s
+            due = now - self._checked >= (self._miss_check_s if miss else self._check_s)
         if cached is not None and due:
             version = self._entries.version()
             with self._lock:
@@ -180,7 +185,7 @@ class Correlator:
             entries = self._all()
             found = _matches(entries, known)
             if not found:  # an entry another process created a moment ago?
-                fresh = self._all(check=True)
+                fresh = self._all(miss=True)
                 if fresh is not entries:
                     found = _matches(fresh, known)
         if found:

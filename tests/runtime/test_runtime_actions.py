@@ -436,7 +436,7 @@ def test_correlator_sees_entries_another_process_wrote(
     process is not told about: a workload's alert right after its entry was created still
     matches it, and a removal is seen within ``check_s``."""
     other = EntryRepository(database, clock=SYSTEM_CLOCK, audit=runtime_audit)  # the CLI
-    correlator = Correlator(entries, check_s=0.05)
+    correlator = Correlator(entries, check_s=0.05, miss_check_s=0)
     assert correlator.load() == 0
     alert = parse_alert(docs_raw())  # default/kubecon
     assert correlator.correlate(alert) == []

@@ -143,8 +143,8 @@ _LOCK_WAIT_S = 10.0  # as PRAGMA busy_timeout
 
 class WriteLock:
     """SQLite's one write slot, queued for by every writer of the database file: the threads
-    of this process (a re-entrant lock) and other processes (``flock`` on ``<db>-writer.lock``
-    beside the file: the runtime's event writer process, the CLI).
+    of this process (a re-entrant lock) and other zerogate processes (``flock`` on
+    ``<db>-writer.lock`` beside the file: the CLI beside the server, a second replica).
 
     A writer that finds SQLite's own lock taken waits in its busy handler, which SLEEPS in 1,
     2, 5, 10 ... 100 ms steps rather than being woken: with the audit writer, ingestion and
