@@ -23,6 +23,7 @@ cache is rebuilt (``Correlator.reload``; the server may call it on a timer).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from runtime.falco import FalcoAlert
 Strength = Literal["exact", "pod", "namespace"]
 _KINDS = ("k8s:ns", "k8s:pod-name", "k8s:pod-uid", "k8s:container-id", "unix:uid")
 _POD_KINDS = {"k8s:pod-name", "k8s:pod-uid", "k8s:container-id"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +129,12 @@ class Correlator:
     a moment before its workload's first alert is matched."""
 
     def __init__(
-        self, entries: EntryRepository, *, check_s: float = 0.5, miss_check_s: float = 0.02
+        self,
+        entries: EntryRepository,
+        *,
+        check_s: float = 0.5,
+        miss_check_s: float = 0.02,
+        full_s: float = 60.0,
     ) -> None:
         self._entries = entries
         self._lock = threading.Lock()
@@ -135,12 +143,21 @@ class Correlator:
         self._checked = 0.0  # time.monotonic() of the last version check
         self._check_s = check_s
         self._miss_check_s = miss_check_s
+        self._reloading: threading.Thread | None = None
+        self._loaded = 0.0  # time.monotonic() of the last full read
+        self._stale = False  # the stored version moved since the copy was read
+        self._full_s = full_s
         self.matched = 0
         self.unmatched = 0
         entries.on_change(self._on_change)
 
     def _on_change(self, event: EntryEvent) -> None:
-        """Apply the change to the cached entries (no re-read on the enforcement path)."""
+        """Apply this process's change to the cached entries (no re-read on the enforcement
+        path), and take the stored version it produced as the one the copy matches: else
+        every revoke by the responder would make the next check read every entry again (a
+        30-40 ms read of 400 entries, the p99 of event-to-enforcement). Another process's
+        change committed in the instant between the two is caught by the full read every
+        ``full_s``."""
         with self._lock:
             if self._cache is None:
                 return
@@ -148,6 +165,12 @@ class Correlator:
             if event.action != "deleted" and not event.entry.disabled:
                 kept.append(event.entry)
             self._cache = kept
+        try:
+            version = self._entries.version()
+        except Exception:  # the store is down: the next check reads again
+            return
+        with self._lock:
+            self._version = version
 
     def reload(self) -> None:
         with self._lock:
@@ -159,24 +182,60 @@ class Correlator:
         return len(self._all())
 
     def _all(self, *, miss: bool = False) -> list[Entry]:
-        """The enabled entries; re-read when the stored version moved (checked once
-        ``check_s`` has passed, or ``miss_check_s`` after an alert matched nothing)."""
+        """The enabled entries. When the stored version moved (checked once ``check_s`` has
+        passed, or ``miss_check_s`` after an alert matched nothing) they are read again: in
+        the background on a periodic check, so that the alert at hand is not held up (a read
+        of 400 entries took 30-40 ms, the whole p99 of event-to-enforcement), and at once on
+        a miss, whose alert may name a workload whose entry was just created."""
         now = time.monotonic()
         with self._lock:
             cached = self._cache
+            stale = self._stale  # a check found the version moved; the new read is not in
             due = now - self._checked >= (self._miss_check_s if miss else self._check_s)
-        if cached is not None and due:
-            version = self._entries.version()
-            with self._lock:
-                self._checked = now
-                if version != self._version:
-                    cached = None
-        if cached is None:
-            version = self._entries.version()  # before the read: a change between is re-read
-            cached = [e for e in self._entries.list() if not e.disabled]
-            with self._lock:
-                self._cache, self._version, self._checked = cached, version, now
+        if cached is None or (miss and stale):
+            return self._reload()
+        if not due:
+            return cached
+        version = self._entries.version()
+        with self._lock:
+            self._checked = now
+            moved = version != self._version
+            self._stale = self._stale or moved
+        if not moved:
+            if not miss and now - self._loaded >= self._full_s:
+                self._reload_soon()  # the safety net: see _on_change
+            return cached
+        if miss:
+            return self._reload()
+        self._reload_soon()
         return cached
+
+    def _reload(self) -> list[Entry]:
+        version = self._entries.version()  # before the read: a change between is re-read
+        entries = [e for e in self._entries.list() if not e.disabled]
+        now = time.monotonic()
+        with self._lock:
+            self._cache, self._version, self._checked, self._loaded = entries, version, now, now
+            self._stale = False
+        return entries
+
+    def _reload_soon(self) -> None:
+        with self._lock:
+            if self._reloading is not None:
+                return
+            self._reloading = threading.Thread(
+                target=self._reload_in_background, name="runtime-correlate-reload", daemon=True
+            )
+        self._reloading.start()
+
+    def _reload_in_background(self) -> None:
+        try:
+            self._reload()
+        except Exception as exc:  # the store is down: the next check tries again
+            log.warning("event=runtime.correlate.reload_failed error=%s", exc)
+        finally:
+            with self._lock:
+                self._reloading = None
 
     def correlate(self, alert: FalcoAlert) -> list[MatchedIdentity]:
         known = workload_selectors(alert)
