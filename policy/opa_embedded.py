@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,9 @@ try:
     from opa_bindings import OpaEngine, OpaError, OpaUndefinedError
 except (ImportError, OSError) as exc:  # pragma: no cover - depends on the platform
     raise EngineLoadError(f"OPA bindings cannot be imported: {exc}") from exc
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +93,28 @@ class OpaEmbeddedEngine:
         sources = dict(modules)
         with self._load_lock:
             instances = tuple(self._build(sources, data) for _ in range(self._pool_size))
-            for instance in instances:  # before the swap: no decision meets a cold query
-                _prepare(instance, self._hot)
+            # before the swap: no decision meets a cold query
+            self._prepare_all(instances, self._hot, revision)
             self._state = _Revision(revision, instances, sources, itertools.count())
         return revision
+
+    def _prepare_all(
+        self, instances: tuple[OpaEngine, ...], documents: set[str], revision: str
+    ) -> None:
+        if not documents:
+            return
+        started = time.perf_counter()
+        for instance in instances:
+            _prepare(instance, documents)
+        live = self._state.revision if self._state is not None else None
+        log.info(
+            "event=policy.prepared revision=%s live=%s documents=%s instances=%d ms=%.1f",
+            revision,
+            live,
+            ",".join(sorted(documents)),
+            len(instances),
+            (time.perf_counter() - started) * 1000,
+        )
 
     def prepare(self, paths: Iterable[str]) -> None:
         """OPA prepares a query on its first evaluation per instance, and each revision has
@@ -105,8 +127,7 @@ class OpaEmbeddedEngine:
             self._hot |= documents
             state = self._state
             if state is not None:
-                for instance in state.instances:
-                    _prepare(instance, documents)
+                self._prepare_all(state.instances, documents, state.revision)
 
     def _build(self, modules: Mapping[str, str], data: Mapping[str, Any]) -> OpaEngine:
         engine = OpaEngine()

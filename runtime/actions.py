@@ -228,6 +228,7 @@ class Responder:
 
     def start_thread(self) -> None:
         if self._thread is None:
+            self.warm_up()  # the first thing the thread does
             self._thread = threading.Thread(target=self._run, name="runtime-respond", daemon=True)
             self._thread.start()
 
@@ -247,16 +248,16 @@ class Responder:
         return self._thread is not None and self._thread.is_alive()
 
     def warm_up(self) -> None:
-        """Queue a warm-up (see ``_warm``) ahead of every event below Critical: at start, and
-        after each policy change (``open_runtime`` wires it)."""
+        """Queue a warm-up (see ``_warm``) ahead of every event below Critical; the thread's
+        start queues one. Not needed after a policy change: the engine prepares the response
+        policy's query before a new revision goes live (``RuntimeService.start``)."""
         self._queue.put((-_URGENT, next(self._arrival), None))
 
     def _warm(self) -> None:
         """Do now, on a made-up Debug alert, the read-only work whose first run is slow, so
         that the first real event does not pay it: the response policy's first evaluation
         (OPA prepares its query: ~55 ms of a 150 ms first event-to-enforcement here, against
-        ~20 ms for the next ones; ``RuntimeService.start`` also has the engine prepare it for
-        every later revision), the correlator's read of the registration entries, the
+        ~20 ms for the next ones), the correlator's read of the registration entries, the
         recent-events query. Nothing is logged to the decision log or audited; a failure is
         logged and ignored (the event path has its own error handling)."""
         started = time.perf_counter()
@@ -275,7 +276,6 @@ class Responder:
         )
 
     def _run(self) -> None:
-        self._warm()
         while True:
             key, _, event = self._queue.get()
             if event is None:

@@ -16,9 +16,9 @@ and at least one agrees. How strongly:
 
 Falco sends ``null`` while container/Kubernetes metadata lags (issue 7): such an event
 correlates to nothing; it is kept and counted (``Correlator.unmatched``), never dropped.
-Entries are read once; every later change (``EntryRepository.on_change``) is applied to that
-copy, so correlation does no query. Changes made by other processes are picked up when the
-cache is rebuilt (``Correlator.reload``; the server may call it on a timer).
+Entries are read once into a copy; this process's changes (``EntryRepository.on_change``)
+are applied to it, so correlation does no query; other processes' changes are found through
+the stored entries' version (see ``Correlator``).
 """
 
 from __future__ import annotations

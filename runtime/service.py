@@ -153,11 +153,6 @@ class RuntimeService:
         return self._started and all(parts)
 
 
-def _policy_changed(responder: Responder, data: Any) -> None:
-    responder.set_urgent_rules(urgent_rules(data))
-    responder.warm_up()  # OPA prepares the new policy's query now, not on the next alert
-
-
 def open_runtime(
     settings: Settings,
     db: Database,
@@ -195,7 +190,7 @@ def open_runtime(
         if source is not None and hasattr(source, "on_change"):
             if source.revision is not None:
                 responder.set_urgent_rules(urgent_rules(source.snapshot.data))
-            source.on_change(lambda snap: _policy_changed(responder, snap.data))
+            source.on_change(lambda snap: responder.set_urgent_rules(urgent_rules(snap.data)))
     nats_source = None
     if rs.nats_url:
         nats_source = NatsConsumer(

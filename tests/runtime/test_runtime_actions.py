@@ -394,7 +394,7 @@ def test_responder_warms_up_before_the_first_event(
     policy: PolicyService,
     fail: bool,
 ) -> None:
-    """At start (and on ``warm_up``, which open_runtime calls after each policy change) the
+    """At start (``start_thread`` queues a ``warm_up``, which can also be asked for) the
     responder runs the response policy on a made-up Debug alert and reads the entries, so
     the first real event does not pay for them. Nothing is stored, audited or acted on; a
     failing warm-up is logged and the responder keeps running."""
