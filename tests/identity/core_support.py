@@ -55,9 +55,12 @@ def forge_leaf(
     now: datetime,
     *,
     uris: list[str] | None = None,
+    dns: list[str] | None = None,
     is_ca: bool = False,
 ) -> x509.Certificate:
-    """A leaf signed by the active CA but built by the test, breaking a rule on purpose."""
+    """A leaf signed by the active CA but built by the test, breaking a rule on purpose.
+    With no ``uris`` and no ``dns`` it has no subjectAltName extension at all (RFC 5280
+    section 4.2.1.6 forbids an empty one, and cryptography 51 refuses to build it)."""
     issuer, signer = active_ca(ca)
     public = generate_private_key(KeyType.EC_P256).public_key()
     uris = [str(WORKLOAD)] if uris is None else uris
@@ -95,11 +98,11 @@ def forge_leaf(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
             critical=False,
         )
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
-            critical=False,
-        )
     )
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
+    sans += [x509.DNSName(d) for d in dns or []]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return sign_certificate(signer, builder)
 
 

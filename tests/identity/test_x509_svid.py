@@ -153,8 +153,12 @@ def test_leaf_with_ca_true_is_rejected(ca: CertificateAuthority, clock: ManualCl
         validate_x509_svid([leaf], ca.bundle(), clock.now())
 
 
-def test_leaf_without_uri_san_is_rejected(ca: CertificateAuthority, clock: ManualClock) -> None:
-    leaf = forge_leaf(ca, clock.now(), uris=[])
+@pytest.mark.parametrize("dns", [[], ["workload.example.org"]], ids=["no-san", "dns-san-only"])
+def test_leaf_without_uri_san_is_rejected(
+    ca: CertificateAuthority, clock: ManualClock, dns: list[str]
+) -> None:
+    # X509-SVID spec section 2: exactly one URI SAN, the SPIFFE ID
+    leaf = forge_leaf(ca, clock.now(), uris=[], dns=dns)
     with pytest.raises(InvalidLeafError, match="URI SAN"):
         validate_x509_svid([leaf], ca.bundle(), clock.now())
 
