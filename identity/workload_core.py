@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from identity.bundle import Bundle, JwtClaims, validate_jwt_svid
 from identity.ca import CertificateAuthority, JwtSvidParams, X509SvidParams
@@ -23,7 +23,7 @@ from identity.entries import Entry, EntryRepository
 from identity.rotation import Kind
 from identity.spiffeid import SpiffeId
 from identity.workload_cache import EntryView, X509Material
-from zerogate.store.tables.identity import identity_bundle_state, identity_entry
+from zerogate.store.tables.identity import identity_bundle_state
 
 log = logging.getLogger(__name__)
 
@@ -139,14 +139,11 @@ class CoreIdentitySource:
         """Entries (count, revisions, last update) and the bundle sequence, as stored: also
         moves when another process (the CLI, another replica) changed them."""
         manager = self._ca.manager
-        with manager.db.begin() as conn:
-            entries = conn.execute(
-                select(
-                    func.count(),
-                    func.coalesce(func.sum(identity_entry.c.revision), 0),
-                    func.max(identity_entry.c.updated_at),
-                )
-            ).one()
+        # reads only, outside a write transaction: Database.begin would take the write slot
+        # (on SQLite the one write lock, which event ingestion and the audit chain wait for)
+        # on every poll of the Workload API cache
+        entries = self._entries.version()
+        with manager.db.engine.connect() as conn:
             sequence = conn.execute(
                 select(identity_bundle_state.c.sequence).where(
                     identity_bundle_state.c.trust_domain == manager.trust_domain.name

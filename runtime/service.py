@@ -30,10 +30,10 @@ from runtime.api import (
     Caller,
     SubmitAuthorizer,
     SubmitFastPath,
+    SubmitHandler,
     allow_list,
     policy_authorizer,
     router,
-    submit_endpoint,
 )
 from runtime.correlate import Correlator
 from runtime.events import EventStore
@@ -92,7 +92,7 @@ class RuntimeService:
         (runtime.api.SubmitFastPath); call before the app serves its first request."""
         authorize = self._authorizer(authorize)
         app.include_router(self.router(caller=caller, authorize=authorize))
-        handler = submit_endpoint(
+        handler = SubmitHandler(
             ingestor=self.ingestor,
             caller=caller,
             authorize=authorize,

@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,3 +356,34 @@ async def test_duplicate_hints_are_not_served_twice(served: Served) -> None:
     assert result["code"] == "OK"
     # sorted by SPIFFE ID: .../second keeps "internal", .../workload repeats it and is left out
     assert result["svids"] == ["spiffe://example.org/second", "spiffe://example.org/third"]
+
+
+def test_version_reads_while_a_writer_holds_the_write_slot(tmp_path: Path) -> None:
+    """The Workload API cache polls ``version()``; it must not queue for the write slot that
+    event ingestion and the audit chain hold (it used to read inside a write transaction),
+    and it still sees a change committed by the writer."""
+    db = Database.open(f"sqlite:///{tmp_path / 'zerogate.db'}")
+    try:
+        _, ca, entries = make_core(db)
+        source = CoreIdentitySource(ca, entries)
+        before = source.version()
+        holding, release = threading.Event(), threading.Event()
+
+        def writer() -> None:
+            with db.begin():
+                holding.set()
+                release.wait(30)
+
+        thread = threading.Thread(target=writer)
+        thread.start()
+        try:
+            assert holding.wait(30)
+            # inside a write transaction this waited 10 s for the slot, then raised StoreError
+            assert source.version() == before
+        finally:
+            release.set()
+            thread.join(30)
+        entries.create(entry_spec(f"spiffe://{TD}/reader", "unix:uid:1000"))
+        assert source.version() != before
+    finally:
+        db.close()

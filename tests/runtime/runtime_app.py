@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 
-from runtime.api import SubmitFastPath, allow_list, router, submit_endpoint
+from runtime.api import SubmitFastPath, SubmitHandler, allow_list, router
 from runtime.ingest import EventIngestor
 from runtime.quarantine import QuarantineService
 from runtime.sources.parse_pool import ParsePool
@@ -44,7 +44,7 @@ def build_app(
         )
     )
     if fast_path:
-        handler = submit_endpoint(
+        handler = SubmitHandler(
             ingestor=ingestor,
             caller=header_caller,
             authorize=authorize,

@@ -3,6 +3,7 @@ batches, and every bad-input case answered with a 4xx that names the problem."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from runtime_app import FALCO_ID, build_app
 from runtime_corpus import corpus_files, corpus_raw, docs_raw
+from sqlalchemy import text
 
 from runtime.ingest import EventIngestor
 from runtime.sources.parse_pool import ParsePool
@@ -203,12 +205,10 @@ async def test_fast_path_answers_submit_before_routing(ingestor: EventIngestor) 
     from fastapi import FastAPI
     from runtime_app import header_caller
 
-    from runtime.api import SubmitFastPath, allow_list, submit_endpoint
+    from runtime.api import SubmitFastPath, SubmitHandler, allow_list
 
     app = FastAPI()
-    handler = submit_endpoint(
-        ingestor=ingestor, caller=header_caller, authorize=allow_list(FALCO_ID)
-    )
+    handler = SubmitHandler(ingestor=ingestor, caller=header_caller, authorize=allow_list(FALCO_ID))
     app.add_middleware(SubmitFastPath, handler=handler)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://zerogate") as c:
@@ -218,3 +218,30 @@ async def test_fast_path_answers_submit_before_routing(ingestor: EventIngestor) 
         assert (await c.get("/v1/runtime/falco")).status_code == 404  # not ours: routed on
         assert (await c.post("/v1/other", headers=FALCO)).status_code == 404
     assert ingestor.store.count() == 1
+
+
+async def test_a_store_that_refuses_is_503_for_every_waiting_request(
+    client: httpx.AsyncClient, ingestor: EventIngestor
+) -> None:
+    """Fail closed: while the events table cannot be written, single alerts and batches get a
+    503 naming the failure and nothing is acknowledged; once it can, the same alerts are
+    stored."""
+    raws = corpus_raw()[:4]
+    db = ingestor.store.db
+    with db.begin() as conn:
+        conn.execute(text("ALTER TABLE runtime_event RENAME TO runtime_event_away"))
+    try:
+        singles = [
+            client.post("/v1/runtime/falco", content=json.dumps(r), headers=FALCO) for r in raws[:3]
+        ]
+        batch = client.post("/v1/runtime/falco", content=json.dumps(raws[3]), headers=NDJSON)
+        replies = await asyncio.gather(*singles, batch)
+        for reply in replies:
+            assert reply.status_code == 503, reply.text
+            assert "could not be stored" in reply.json()["error"]["message"]
+    finally:
+        with db.begin() as conn:
+            conn.execute(text("ALTER TABLE runtime_event_away RENAME TO runtime_event"))
+    assert ingestor.store.count() == 0
+    again = await client.post("/v1/runtime/falco", content=json.dumps(raws[0]), headers=FALCO)
+    assert again.status_code == 200 and again.json()["status"] == "stored"

@@ -170,3 +170,23 @@ def test_stored_raw_is_the_text_as_received(event_store: EventStore, database: D
     assert stored[results[0].row_id] == line
     assert stored[results[1].row_id] == array[0].canonical().decode()
     assert json.loads(stored[results[1].row_id]) == raw
+
+
+async def test_submit_async_settles_each_waiter_and_skips_a_cancelled_one(
+    ingestor: EventIngestor,
+) -> None:
+    """The writer resolves the asyncio futures of a commit on their loop: each gets its own
+    results, in order; one whose request went away (cancelled) is left as it is, and the
+    others and later submits are unaffected."""
+    alerts = [_alert(f"async rule {i}") for i in range(6)]
+    waiters = [ingestor.submit_async(alerts[i : i + 2], "http") for i in range(0, 6, 2)]
+    waiters[1].cancel()
+    first, third = await waiters[0], await waiters[2]
+    assert [r.event_id for r in first] == [a.event_id for a in alerts[0:2]]
+    assert [r.event_id for r in third] == [a.event_id for a in alerts[4:6]]
+    assert {r.status for r in first + third} == {"stored"}
+    # the cancelled request's alerts were still stored (its future was only not resolved)
+    assert ingestor.store.count() == 6
+    again = await ingestor.submit_async([alerts[2]], "http")
+    assert again[0].status == "duplicate"
+    assert await ingestor.submit_async([], "http") == []
