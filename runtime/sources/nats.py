@@ -163,9 +163,7 @@ class NatsConsumer:
                 await msg.term()
         if not good:
             return
-        results = await asyncio.wrap_future(
-            self._ingestor.submit([alert for _msg, alert in good], "nats")
-        )
+        results = await self._ingestor.submit_async([alert for _msg, alert in good], "nats")
         for (msg, _alert), result in zip(good, results, strict=True):
             if result.status == "stored":
                 self.stats.stored += 1
