@@ -441,7 +441,7 @@ def main() -> None:
     parser.add_argument("--database-url", default="")
     parser.add_argument(
         "--concurrency",
-        default="8,32",
+        default="8,32,64",
         help="single POSTs in flight, comma-separated: one phase each (one Falco's http_output "
         "sends one at a time, so this is the number of Falco senders)",
     )
