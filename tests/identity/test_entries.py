@@ -154,3 +154,31 @@ def test_deny_list(database: Database, audit_log: AuditLog) -> None:
     with pytest.raises(IdentityError, match="64 hex"):
         deny.add("jti_hash", "abc")
     assert [r.kind for r in tail(database, 10)][:1] == ["identity.deny.added"]
+
+
+def test_list_shares_parsed_values_between_rows_but_never_across_kinds(
+    database: Database,
+) -> None:
+    """A read parses each repeated parent ID and selector once for all rows (the runtime
+    correlator reads every entry); the same text as a parent ID and as a selector stays a
+    SpiffeId and a Selector."""
+    repo = _repo(database)
+    node = "spiffe://example.org/node"
+    for name in ("a", "b", "c"):
+        repo.create(
+            EntrySpec(
+                spiffe_id=SpiffeId.parse(f"spiffe://example.org/{name}"),
+                selectors=(Selector.parse(node), Selector.parse(f"k8s:pod-name:{name}")),
+                parent_id=SpiffeId.parse(node),
+            )
+        )
+    entries = repo.list()
+    assert [str(e.spiffe_id) for e in entries] == [f"spiffe://example.org/{n}" for n in "abc"]
+    for entry in entries:
+        assert isinstance(entry.parent_id, SpiffeId) and str(entry.parent_id) == node
+        assert Selector("spiffe", "//example.org/node") in entry.selectors
+        assert {str(s) for s in entry.selectors} == {
+            node,
+            f"k8s:pod-name:{entry.spiffe_id.path[1:]}",
+        }
+    assert entries[0].parent_id is entries[2].parent_id  # parsed once for the read
