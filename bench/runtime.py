@@ -75,9 +75,10 @@ def _app(rt: Any) -> FastAPI:
     return app
 
 
-def serve(url: str, key: Path, port_file: Path, parse_processes: str) -> None:
-    """Child process: the runtime (ingest only) behind uvicorn; ``parse_processes`` is a
-    number or ``auto`` (the setting's default)."""
+def serve(url: str, key: Path, port_file: Path, parse_processes: str, respond: bool) -> None:
+    """Child process: the runtime behind uvicorn; ``parse_processes`` is a number or ``auto``
+    (the setting's default). ``respond``: with the shipped response policy and the responder
+    thread, as ``zerogate serve`` runs it; otherwise ingestion only."""
     import uvicorn
 
     from runtime.service import open_runtime
@@ -90,7 +91,19 @@ def serve(url: str, key: Path, port_file: Path, parse_processes: str) -> None:
     runtime: dict[str, Any] = {"max_body_bytes": 64 << 20}
     if parse_processes != "auto":
         runtime["parse_processes"] = int(parse_processes)
-    rt = open_runtime(Settings(runtime=runtime), db, audit)
+    if respond:
+        from identity.entries import EntryRepository
+        from policy.service import open_policy
+        from zerogate.clock import SYSTEM_CLOCK
+
+        settings = Settings(runtime=runtime, policy={"rego_dir": ROOT / "rego", "watch": False})
+        policy = open_policy(settings, audit)
+        entries = EntryRepository(db, clock=SYSTEM_CLOCK, audit=audit)
+        rt = open_runtime(settings, db, audit, policy=policy, entries=entries)
+        assert rt.responder is not None
+        rt.responder.start_thread()
+    else:
+        rt = open_runtime(Settings(runtime=runtime), db, audit)
     rt.ingestor.start()
     rt.parser.start()
     sock = socket.socket()
@@ -222,14 +235,17 @@ def batches(port: int, pid: int, seconds: float, concurrency: int, size: int, st
 
 
 @contextlib.contextmanager
-def _server(url: str, tmp: Path, parse_processes: str) -> Iterator[tuple[int, int]]:
+def _server(
+    url: str, tmp: Path, parse_processes: str, respond: bool = False
+) -> Iterator[tuple[int, int]]:
     """A ``serve`` child process; yields (port, pid)."""
     import httpx
 
     port_file = tmp / "port"
     port_file.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = ["--serve", url, str(tmp / "audit.pem"), str(port_file), parse_processes]
+    args = ["--serve", url, str(tmp / "audit.pem"), str(port_file), parse_processes,
+            "respond" if respond else "ingest"]  # fmt: skip
     child = subprocess.Popen([sys.executable, __file__, *args], env=env)
     try:
         deadline = time.monotonic() + 60
@@ -250,9 +266,17 @@ def _server(url: str, tmp: Path, parse_processes: str) -> Iterator[tuple[int, in
         child.wait(timeout=30)
 
 
+Rates = tuple[list[tuple[int, Rate]], list[tuple[str, Rate]], list[tuple[str, Rate]]]
+
+
 def throughput(
     url: str, tmp: Path, seconds: float, concurrency: list[int], parse_processes: list[str]
-) -> tuple[list[tuple[int, Rate]], list[tuple[str, Rate]]]:
+) -> Rates:
+    """Single POSTs at each ``concurrency`` and batches at each ``parse_processes`` with
+    ingestion alone; then both again (the first concurrency, the default parsing) with the
+    responder running, as ``zerogate serve`` runs it. Every alert is Critical, so each event is
+    decided, decision-logged and acted on (its ``alert`` action throttled after the first):
+    the responder's worst case."""
     with _server(url, tmp, "auto") as (port, pid):
         singles(port, pid, 1.0, concurrency[0], 10**8)  # warm-up
         single_rates = [
@@ -265,7 +289,14 @@ def throughput(
             batch_rates.append(
                 (processes, batches(port, pid, seconds, 4, 1000, (11 + 2 * i) * 10**8))
             )
-    return single_rates, batch_rates
+    responding: list[tuple[str, Rate]] = []
+    with _server(url, tmp, "auto", respond=True) as (port, pid):
+        singles(port, pid, 1.0, concurrency[0], 20 * 10**8)  # warm-up
+        single = singles(port, pid, seconds, concurrency[0], 21 * 10**8)
+        responding.append((f"single-event POSTs ({concurrency[0]:>2} in flight)", single))
+        batch = batches(port, pid, seconds, 4, 1000, 22 * 10**8)
+        responding.append(("NDJSON batches of 1000 (4 in flight)", batch))
+    return single_rates, batch_rates, responding
 
 
 class _Sender:
@@ -457,19 +488,25 @@ def main() -> None:
         help="runtime.parse_processes for the batch phases, comma-separated: one phase each "
         "(0: batches parsed in the serving process, the baseline; auto: the default)",
     )
-    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--post-to", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.post_to:
         post_to(args.post_to)
         return
     if args.serve:
-        serve(args.serve[0], Path(args.serve[1]), Path(args.serve[2]), args.serve[3])
+        serve(
+            args.serve[0],
+            Path(args.serve[1]),
+            Path(args.serve[2]),
+            args.serve[3],
+            args.serve[4] == "respond",
+        )
         return
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-        single_rates, batch_rates = throughput(
+        single_rates, batch_rates, responding = throughput(
             url,
             tmp,
             args.seconds,
@@ -494,6 +531,11 @@ def main() -> None:
             f"NDJSON batches of 1000 (4 in flight, parse processes {processes:>4}): "
             f"{rate:6.0f} events/s  server CPU {cpu:4.0f} us/event  reply p50 {r50:5.1f} ms"
             f" p99 {r99:5.1f} ms   target >= 20000/s"
+        )
+    for what, (rate, cpu, r50, r99) in responding:
+        print(
+            f"{what}, responder running: {rate:6.0f} events/s  server CPU {cpu:5.0f} us/event"
+            f"  reply p50 {r50:5.1f} ms p99 {r99:5.1f} ms"
         )
     single = single_rates[0][1][0]
     base = batch_rates[0][1][0]

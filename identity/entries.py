@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, select, update
 
 from identity.errors import EntryConflictError, EntryError, EntryNotFoundError
 from identity.spiffeid import InvalidSpiffeIdError, SpiffeId, TrustDomain
 from zerogate.audit import AuditSink
 from zerogate.clock import Clock
-from zerogate.store import Database
+from zerogate.store import Database, driver_cursor
 from zerogate.store.tables.identity import identity_entry, identity_entry_selector
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ AUDIT_TIMEOUT_S = 10.0
 MAX_TTL_S = 366 * 24 * 3600
 _SELECTOR_TYPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_VERSION_SQL = "SELECT count(*), coalesce(sum(revision), 0), max(updated_at) FROM identity_entry"
 # RFC 1123 host names, optionally with one leading wildcard label.
 _DNS_NAME = re.compile(
     r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
@@ -334,14 +335,12 @@ class EntryRepository:
     def version(self) -> tuple[int, int, Any]:
         """(count, sum of revisions, last update) of the stored entries: moves with every
         create, update and delete, including another process's (the CLI, a replica), which
-        ``on_change`` does not report. One aggregate read; no write lock."""
-        query = select(
-            func.count(),
-            func.coalesce(func.sum(identity_entry.c.revision), 0),
-            func.max(identity_entry.c.updated_at),
-        )
+        ``on_change`` does not report. One aggregate read; no write lock. Driver-level SQL
+        (the last update as the driver returns it: the value is only compared): the runtime
+        correlator asks after alerts that match nothing, up to 50 times a second under a
+        flood, and the Core statement cost ~320 us a call, the driver's ~50."""
         with self.db.engine.connect() as conn:
-            count, revisions, updated = conn.execute(query).one()
+            count, revisions, updated = driver_cursor(conn).execute(_VERSION_SQL).fetchone()
         return int(count), int(revisions), updated
 
     def match(self, selectors: Iterable[str | Selector]) -> builtins.list[Entry]:

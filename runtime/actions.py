@@ -59,6 +59,8 @@ class Decider(Protocol):
 
     def decide(self, path: str, input: Any = None, *, log: bool = True) -> Any: ...
 
+    def log_decision(self, decision: Any, input: Any) -> None: ...
+
 
 class PodActions(Protocol):
     """Kubernetes pod actions (runtime/kube.py)."""
@@ -135,6 +137,7 @@ class Responder:
         recent_window_s: float = 3600.0,
         policy_path: str = POLICY_PATH,
         backlog_max: int = 50_000,
+        log_empty_decisions: bool = False,
     ) -> None:
         self._store = store
         self._correlator = correlator
@@ -155,6 +158,8 @@ class Responder:
         self._arrival = itertools.count()
         self._urgent_rules: frozenset[str] = frozenset()
         self._backlog_max = backlog_max
+        self._log_empty = log_empty_decisions
+        self.empty_decisions = 0  # decisions with no action (not decision-logged by default)
         self._counts = threading.Lock()
         self._waiting_low = 0  # queued events below _URGENT
         self.skipped = 0  # events whose response was skipped: the backlog was full
@@ -345,7 +350,19 @@ class Responder:
         if event.trace_id:
             base["trace_id"] = event.trace_id
         try:
-            decision = self._policy.decide(self._path, self.policy_input(event, identities))
+            input_ = self.policy_input(event, identities)
+            decision = self._policy.decide(self._path, input_, log=False)
+            result = getattr(decision, "result", None)
+            actions = result if isinstance(result, list) else []
+            # A decision that acts is decision-logged before its actions run (and each action's
+            # record names it); one that does not is counted, and logged only with
+            # runtime.log_empty_decisions. Under a flood nearly every event is such a
+            # decision, and its record (the alert, the pod's last 50 events) cost more than
+            # the evaluation. The event's own runtime.event record is written either way.
+            if actions or self._log_empty:
+                self._policy.log_decision(decision, input_)
+            else:
+                self.empty_decisions += 1
         except Exception as exc:
             log.error("event=runtime.respond.policy_failed error=%s", exc)
             if identities:
@@ -354,8 +371,6 @@ class Responder:
             return []
         base["decision_id"] = getattr(decision, "decision_id", None)
         base["policy_revision"] = getattr(decision, "revision", None)
-        result = getattr(decision, "result", None)
-        actions = result if isinstance(result, list) else []
         outcomes = [self._run_action(event, dict(a) if isinstance(a, dict) else {"raw": a}, base)
                     for a in actions]  # fmt: skip
         if identities:  # bookkeeping after the enforcement, not before

@@ -119,6 +119,7 @@ _INSERT_FORMAT = (
 _LATEST_SQL = (  # + "(<one placeholder per id>)"
     "SELECT id, event_id, occurrence, received_at FROM runtime_event WHERE event_id IN "
 )
+_SUMMARIES_MAX = 20_000  # cached ``recent`` summaries (a few MB at most)
 _RECENT_SQL = (  # driver-level: the responder runs it for every event
     "SELECT id, event_id, rule, severity, event_time FROM runtime_event "
     "WHERE k8s_ns = {mark} AND k8s_pod = {mark} AND received_at >= {mark} "
@@ -236,6 +237,10 @@ class EventStore:
         self._db = db
         self._window = timedelta(seconds=dedup_window_s)
         self._clock = clock
+        # (row id, event id) -> its ``recent`` summary: those columns never change once stored,
+        # and a noisy workload's last 50 events are summarised again for each of its new
+        # events. Keyed by the event id too: SQLite's ids restart below a pruned maximum.
+        self._summaries: dict[tuple[int, str], dict[str, Any]] = {}
 
     @property
     def db(self) -> Database:
@@ -471,7 +476,8 @@ class EventStore:
         event, and reading whole rows through SQLAlchemy (decoding each stored alert's JSON for
         its ``time``) cost ~2 ms per event with a noisy workload. ``time`` is the
         stored event time, RFC 3339 in UTC at microsecond precision (the alert's own text
-        may carry nanoseconds)."""
+        may carry nanoseconds). The summaries are shared between calls: read them, never
+        change them."""
         with self._db.engine.connect() as conn:
             to_time = _time_value(conn)
             params = (k8s_ns, k8s_pod, _time_param(conn)(since), limit)
@@ -481,19 +487,23 @@ class EventStore:
                 .fetchall()
             )
         out: list[dict[str, Any]] = []
+        known = self._summaries
+        if len(known) > _SUMMARIES_MAX:
+            known.clear()
         for row_id, event_id, rule, severity, event_time in rows:
             if row_id == exclude_row:
                 continue
-            priority = Priority(severity)
-            out.append(
-                {
+            summary = known.get((row_id, event_id))
+            if summary is None:
+                priority = Priority(severity)
+                summary = known[row_id, event_id] = {
                     "event_id": event_id,
                     "rule": rule,
                     "priority": priority.label,
                     "severity": int(priority),
                     "time": to_time(event_time).isoformat().replace("+00:00", "Z"),
                 }
-            )
+            out.append(summary)
         return out
 
     def recent(

@@ -182,6 +182,7 @@ def open_runtime(
             clock=clock,
             throttle_s=rs.action_throttle_s,
             backlog_max=rs.responder_backlog_max,
+            log_empty_decisions=rs.log_empty_decisions,
         )
         ingestor.subscribe(responder.on_events)
         # follow data.runtime.revoke_rules through the policy store (policy.store.PolicyStore:

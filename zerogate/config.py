@@ -242,6 +242,12 @@ class RuntimeSettings(Section):
         description="events below Critical (and not in revoke_rules) waiting for the responder "
         "at most; beyond it their response is skipped (they stay stored and audited)",
     )
+    log_empty_decisions: bool = Field(
+        False,
+        description="decision-log the response policy's decisions that yield no action too "
+        "(each event has its runtime.event record either way; decisions that act are always "
+        "logged)",
+    )
     event_retention_s: int = Field(
         7 * 86400,
         ge=0,

@@ -87,6 +87,7 @@ def _responder(
     policy: PolicyService,
     quarantine: QuarantineService,
     alert_url: str | None,
+    **options: Any,
 ) -> Responder:
     return Responder(
         store=EventStore(database),
@@ -97,6 +98,7 @@ def _responder(
         entries=entries,
         denylist=DenyList(database, clock=SYSTEM_CLOCK, audit=audit),
         alerter=WebhookAlerter(alert_url, backoff_s=0.01) if alert_url else None,
+        **options,
     )
 
 
@@ -385,6 +387,9 @@ class _Recording:
             raise RuntimeError("policy down")
         return self.policy.decide(path, input, log=log)
 
+    def log_decision(self, decision: Any, input: Any) -> None:
+        self.policy.log_decision(decision, input)
+
 
 @pytest.mark.parametrize("fail", [False, True])
 def test_responder_warms_up_before_the_first_event(
@@ -471,3 +476,82 @@ def test_an_alert_that_finds_the_copy_stale_waits_for_the_new_read(
     )
     alert = parse_alert(docs_raw())  # default/kubecon
     assert [m.spiffe_id for m in correlator.correlate(alert)] == [KUBECON]
+
+
+@pytest.mark.parametrize("log_empty", [False, True], ids=["default", "log_empty_decisions"])
+def test_decisions_that_act_are_logged_empty_ones_counted(
+    database: Database,
+    runtime_audit: AuditLog,
+    entries: EntryRepository,
+    ingestor: EventIngestor,
+    log_empty: bool,
+) -> None:
+    """A response decision that yields actions is in the decision log, and its actions'
+    records name it; one that yields none (here: a Notice alert from a pod without an
+    identity) is only counted, unless runtime.log_empty_decisions asks for its record too.
+    Each event's runtime.event record is there either way."""
+    settings = Settings(policy={"rego_dir": REPO / "rego", "watch": False})
+    policy = open_policy(settings, runtime_audit)
+    try:
+        quarantine = QuarantineService(database, audit=runtime_audit)
+        responder = _responder(
+            database,
+            runtime_audit,
+            entries,
+            policy,
+            quarantine,
+            None,
+            log_empty_decisions=log_empty,
+        )
+        _entry(entries, KUBECON, "k8s:ns:default", "k8s:pod-name:kubecon")
+        acting = parse_alert(docs_raw())  # Critical shell in default/kubecon: it has an entry
+        quiet_raw = _noisy(1, "Notice")
+        quiet_raw["output_fields"]["k8s.pod.name"] = "no-entry"
+        quiet = parse_alert(quiet_raw)
+        stored = ingestor.ingest([acting, quiet], "http")
+        outcomes = responder.handle(NewEvent(acting, stored[0], "http"))
+        # quarantine and revoke done; alert skipped (no webhook configured here)
+        assert {o.action["type"]: o.outcome for o in outcomes}["quarantine"] == "done"
+        assert responder.handle(NewEvent(quiet, stored[1], "http")) == []
+        runtime_audit.flush()
+        decisions = {
+            r.payload["input"]["event"]["event_id"]: r.payload
+            for r in tail(database, n=500, kind="policy.decision")
+            if r.payload.get("path") == "zerogate/runtime/actions"
+        }
+        expected = {acting.event_id, quiet.event_id} if log_empty else {acting.event_id}
+        assert set(decisions) == expected
+        assert responder.empty_decisions == (0 if log_empty else 1)
+        acted = decisions[acting.event_id]["decision_id"]
+        action_records = [r.payload for r in tail(database, n=500, kind="runtime.action")]
+        assert action_records and {p["decision_id"] for p in action_records} == {acted}
+        events = {r.payload["event_id"] for r in tail(database, n=500, kind="runtime.event")}
+        assert {acting.event_id, quiet.event_id} <= events
+    finally:
+        policy.close()
+
+
+def test_recent_summaries_follow_rows_that_reuse_a_pruned_id(ingestor: EventIngestor) -> None:
+    """Summaries are kept per stored row between calls; a row id that comes back after the
+    newest rows were pruned (SQLite restarts at max(id)+1) carries its new event, not the
+    summary of the one that had it before."""
+    from datetime import timedelta
+
+    store = ingestor.store
+    since = SYSTEM_CLOCK.now() - timedelta(hours=1)
+    first = ingestor.ingest(
+        [parse_alert(_noisy(i, "Notice", "Old rule")) for i in range(3)], "http"
+    )
+    before = store.recent_summaries(k8s_ns="default", k8s_pod="kubecon", since=since)
+    assert {r["rule"] for r in before} == {"Old rule"}
+    while store.prune(SYSTEM_CLOCK.now() + timedelta(seconds=1)):
+        pass
+    assert store.count() == 0
+    again = ingestor.ingest(
+        [parse_alert(_noisy(i, "Warning", "New rule")) for i in range(3)], "http"
+    )
+    after = store.recent_summaries(k8s_ns="default", k8s_pod="kubecon", since=since)
+    assert [r["event_id"] for r in after] == [r.event_id for r in reversed(again)]
+    assert {r["rule"] for r in after} == {"New rule"} and {r["severity"] for r in after} == {3}
+    if ingestor.store.db.dialect == "sqlite":
+        assert {r.row_id for r in again} == {r.row_id for r in first}  # the ids did come back
