@@ -162,7 +162,11 @@ class Responder:
         self.empty_decisions = 0  # decisions with no action (not decision-logged by default)
         self._counts = threading.Lock()
         self._waiting_low = 0  # queued events below _URGENT
+        # queued urgent events per (rule, workload), and in all
+        self._waiting_urgent: dict[tuple[str, str], int] = {}
+        self._urgent_total = 0
         self.skipped = 0  # events whose response was skipped: the backlog was full
+        self.coalesced = 0  # urgent events folded into a waiting one of their rule and workload
         self._thread: threading.Thread | None = None
         self._side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="runtime-alert")
         self._listeners: list[Callable[[NewEvent, list[Outcome]], None]] = []
@@ -182,12 +186,18 @@ class Responder:
         The backlog is bounded: at most ``backlog_max`` events below Critical wait; beyond
         that a new one's response is skipped (counted in ``skipped``, logged), so a long
         flood cannot grow the process's memory without bound. The event itself is already
-        stored and audited. Critical and urgent events are never skipped."""
+        stored and audited. Critical and urgent events are answered for every rule and
+        workload: once ``backlog_max`` of them wait, a new one whose rule and workload already
+        have one waiting is folded into it (counted in ``coalesced``, logged); its actions
+        would be throttled as that one's repeats. So a flood of Critical alerts from one pod
+        is bounded too, and the first alert of any other rule or workload still gets in."""
         urgent = self._urgent_rules
         queued: list[tuple[int, NewEvent]] = []
         skipped = 0
+        coalesced = 0
         with self._counts:  # once per batch: this runs on the ingestion writer's thread
             room = self._backlog_max - self._waiting_low
+            waiting = self._waiting_urgent
             for event in events:
                 level = int(event.alert.priority)
                 if event.alert.rule in urgent:
@@ -197,9 +207,17 @@ class Responder:
                         skipped += 1
                         continue
                     room -= 1
+                else:
+                    key = (event.alert.rule, _workload_key(event))
+                    if self._urgent_total >= self._backlog_max and waiting.get(key):
+                        coalesced += 1
+                        continue
+                    waiting[key] = waiting.get(key, 0) + 1
+                    self._urgent_total += 1
                 queued.append((level, event))
             self._waiting_low = self._backlog_max - room
             self.skipped += skipped
+            self.coalesced += coalesced
         for level, event in queued:
             self._queue.put((-level, next(self._arrival), event))
         if skipped:
@@ -209,6 +227,23 @@ class Responder:
                 self.skipped,
                 self._backlog_max,
             )
+        if coalesced:
+            log.warning(
+                "event=runtime.respond.urgent_coalesced coalesced=%d total_coalesced=%d "
+                "backlog_max=%d",
+                coalesced,
+                self.coalesced,
+                self._backlog_max,
+            )
+
+    def _done_urgent(self, key: tuple[str, str]) -> None:
+        # the caller holds self._counts
+        left = self._waiting_urgent.get(key, 0) - 1
+        if left > 0:
+            self._waiting_urgent[key] = left
+        else:
+            self._waiting_urgent.pop(key, None)
+        self._urgent_total = max(0, self._urgent_total - 1)
 
     @property
     def urgent_rules(self) -> frozenset[str]:
@@ -288,9 +323,11 @@ class Responder:
                     self._warm()
                     continue
                 return
-            if -key < _URGENT:
-                with self._counts:
+            with self._counts:
+                if -key < _URGENT:
                     self._waiting_low -= 1
+                else:
+                    self._done_urgent((event.alert.rule, _workload_key(event)))
             try:
                 outcomes = self.handle(event)
             except Exception:

@@ -373,6 +373,32 @@ def test_backlog_below_critical_is_bounded_critical_never_skipped(
     assert responder.skipped == 2
 
 
+def test_a_flood_of_critical_alerts_is_bounded_per_rule_and_workload(
+    queued: Callable[..., Queued],
+) -> None:
+    """Critical events are never skipped for a rule and workload with nothing waiting; once
+    ``backlog_max`` of them wait, one whose rule and workload already have one waiting is
+    folded into it, so a Critical flood from one pod cannot grow the backlog without bound."""
+    responder, queue, order = queued(backlog_max=2)
+    flood = [_noisy(i, "Critical", "miner") for i in range(6)]  # all default/kubecon
+    elsewhere = _noisy(100, "Critical", "miner")
+    elsewhere["output_fields"]["k8s.pod.name"] = "other-pod"
+    other_rule = _noisy(101, "Critical", "another rule")
+    queue([*flood, elsewhere, other_rule])
+    # two of the flood fill the backlog; four more of the same rule and pod are folded into
+    # them; the other pod's and the other rule's first alerts still get in
+    assert (responder.backlog, responder.coalesced, responder.skipped) == (4, 4, 0)
+    responder.start_thread()
+    try:
+        _wait(lambda: len(order) == 4)
+        assert sorted(order) == ["another rule", "miner", "miner", "miner"]
+        queue([_noisy(200, "Critical", "miner")])  # drained: room again
+        _wait(lambda: len(order) == 5)
+    finally:
+        responder.stop_thread()
+    assert responder.coalesced == 4
+
+
 class _Recording:
     """The real policy service, recording each ``decide`` (path, input, log)."""
 
