@@ -50,8 +50,10 @@ HEADERS = {"x-bench-spiffe-id": FALCO_ID}
 NOISE = {"priority": "Notice", "rule": "Noisy rule"}  # the flood: matches no response rule
 
 
-def _alert(n: int, pod: str | None = None) -> dict[str, Any]:
+def _alert(n: int, pod: str | None = None, noise: bool = False) -> dict[str, Any]:
     alert: dict[str, Any] = json.loads(json.dumps(ALERT))
+    if noise:
+        alert.update(NOISE)
     alert["output_fields"]["evt.num"] = n
     if pod is not None:
         alert["output_fields"]["k8s.pod.name"] = pod
@@ -208,20 +210,33 @@ def _check_single(status: int, body: bytes) -> None:
         raise SystemExit(f"single POST failed: {status} {body[:300]!r}")
 
 
-def singles(port: int, pid: int, seconds: float, concurrency: int, start: int) -> Rate:
-    """Single-alert POSTs (Falco http_output, Falcosidekick): events/s."""
+def singles(
+    port: int, pid: int, seconds: float, concurrency: int, start: int, noise: bool = False
+) -> Rate:
+    """Single-alert POSTs (Falco http_output, Falcosidekick): events/s. The alert is the
+    corpus's Critical one, or with ``noise`` a Notice alert of a rule no policy acts on."""
     requests = [
-        _request(json.dumps(_alert(n)).encode(), "application/json")
+        _request(json.dumps(_alert(n, noise=noise)).encode(), "application/json")
         for n in range(start, start + int(seconds * 8000) + 1000)
     ]
     return asyncio.run(_drive(port, seconds, concurrency, requests, 1, _check_single, pid))
 
 
-def batches(port: int, pid: int, seconds: float, concurrency: int, size: int, start: int) -> Rate:
+def batches(
+    port: int,
+    pid: int,
+    seconds: float,
+    concurrency: int,
+    size: int,
+    start: int,
+    noise: bool = False,
+) -> Rate:
     """NDJSON batches of ``size`` alerts: events/s."""
     requests = [
         _request(
-            "\n".join(json.dumps(_alert(start + b * size + i)) for i in range(size)).encode(),
+            "\n".join(
+                json.dumps(_alert(start + b * size + i, noise=noise)) for i in range(size)
+            ).encode(),
             "application/x-ndjson",
         )
         for b in range(int(seconds * 40000 / size) + 10)
@@ -274,9 +289,10 @@ def throughput(
 ) -> Rates:
     """Single POSTs at each ``concurrency`` and batches at each ``parse_processes`` with
     ingestion alone; then both again (the first concurrency, the default parsing) with the
-    responder running, as ``zerogate serve`` runs it. Every alert is Critical, so each event is
-    decided, decision-logged and acted on (its ``alert`` action throttled after the first):
-    the responder's worst case."""
+    responder running, as ``zerogate serve`` runs it: once with Notice alerts of a rule the
+    policy does not act on (a noisy pod's flood: each event decided, nothing logged or done),
+    once with Critical alerts (each event decided, decision-logged and acted on, its ``alert``
+    action throttled after the first: the responder's worst case)."""
     with _server(url, tmp, "auto") as (port, pid):
         singles(port, pid, 1.0, concurrency[0], 10**8)  # warm-up
         single_rates = [
@@ -290,12 +306,17 @@ def throughput(
                 (processes, batches(port, pid, seconds, 4, 1000, (11 + 2 * i) * 10**8))
             )
     responding: list[tuple[str, Rate]] = []
-    with _server(url, tmp, "auto", respond=True) as (port, pid):
-        singles(port, pid, 1.0, concurrency[0], 20 * 10**8)  # warm-up
-        single = singles(port, pid, seconds, concurrency[0], 21 * 10**8)
-        responding.append((f"single-event POSTs ({concurrency[0]:>2} in flight)", single))
-        batch = batches(port, pid, seconds, 4, 1000, 22 * 10**8)
-        responding.append(("NDJSON batches of 1000 (4 in flight)", batch))
+    kinds = [("Notice alerts, no action", True), ("Critical alerts, all act", False)]
+    for k, (kind, noise) in enumerate(kinds):
+        base = (20 + 4 * k) * 10**8
+        with _server(url, tmp, "auto", respond=True) as (port, pid):
+            singles(port, pid, 1.0, concurrency[0], base, noise)  # warm-up
+            single = singles(port, pid, seconds, concurrency[0], base + 10**8, noise)
+            responding.append(
+                (f"single-event POSTs ({concurrency[0]:>2} in flight), {kind}", single)
+            )
+            batch = batches(port, pid, seconds, 4, 1000, base + 2 * 10**8, noise)
+            responding.append((f"NDJSON batches of 1000 (4 in flight), {kind}", batch))
     return single_rates, batch_rates, responding
 
 
