@@ -135,6 +135,7 @@ class Responder:
         clock: Clock = SYSTEM_CLOCK,
         throttle_s: float = 300.0,
         recent_window_s: float = 3600.0,
+        recent_max: int = 20,
         policy_path: str = POLICY_PATH,
         backlog_max: int = 50_000,
         log_empty_decisions: bool = False,
@@ -151,6 +152,7 @@ class Responder:
         self._clock = clock
         self._throttle = throttle_s
         self._recent = timedelta(seconds=recent_window_s)
+        self._recent_max = recent_max
         self._path = policy_path
         self._last: dict[tuple[str, ...], float] = {}
         # most severe first, then arrival order; the stop mark sorts after every event
@@ -349,6 +351,7 @@ class Responder:
                 k8s_ns=a.k8s_ns,
                 k8s_pod=a.k8s_pod,
                 since=self._clock.now() - self._recent,
+                limit=self._recent_max,
                 exclude_row=event.result.row_id,
             )
         # jcs_safe: evt.time and other nanosecond integers exceed 2**53; the decision log (RFC 8785)

@@ -480,7 +480,9 @@ class EventStore:
         change them."""
         with self._db.engine.connect() as conn:
             to_time = _time_value(conn)
-            params = (k8s_ns, k8s_pod, _time_param(conn)(since), limit)
+            # one more row when this event is to be left out: it is usually the newest
+            fetch = limit + (1 if exclude_row is not None else 0)
+            params = (k8s_ns, k8s_pod, _time_param(conn)(since), fetch)
             rows = (
                 driver_cursor(conn)
                 .execute(_RECENT_SQL.format(mark=_placeholder(conn)), params)
@@ -504,7 +506,7 @@ class EventStore:
                     "time": to_time(event_time).isoformat().replace("+00:00", "Z"),
                 }
             out.append(summary)
-        return out
+        return out[:limit]
 
     def recent(
         self,

@@ -183,6 +183,7 @@ def open_runtime(
             throttle_s=rs.action_throttle_s,
             backlog_max=rs.responder_backlog_max,
             log_empty_decisions=rs.log_empty_decisions,
+            recent_max=rs.recent_events,
         )
         ingestor.subscribe(responder.on_events)
         # follow data.runtime.revoke_rules through the policy store (policy.store.PolicyStore:

@@ -328,8 +328,8 @@ def test_recent_events_of_the_workload_for_the_policy(ingestor: EventIngestor) -
     recent = store.recent_summaries(
         k8s_ns="default", k8s_pod="kubecon", since=since, limit=4, exclude_row=results[5].row_id
     )
-    # newest first, this event excluded, only this workload, at most `limit` rows read
-    assert [r["event_id"] for r in recent] == [results[i].event_id for i in (4, 3, 2)]
+    # newest first, this event excluded, only this workload, at most `limit` earlier events
+    assert [r["event_id"] for r in recent] == [results[i].event_id for i in (4, 3, 2, 1)]
     assert recent[0] == {
         "event_id": results[4].event_id,
         "rule": "Some noisy rule",
@@ -581,3 +581,22 @@ def test_recent_summaries_follow_rows_that_reuse_a_pruned_id(ingestor: EventInge
     assert {r["rule"] for r in after} == {"New rule"} and {r["severity"] for r in after} == {3}
     if ingestor.store.db.dialect == "sqlite":
         assert {r.row_id for r in again} == {r.row_id for r in first}  # the ids did come back
+
+
+def test_the_policy_sees_at_most_recent_events_of_the_pod(
+    database: Database,
+    runtime_audit: AuditLog,
+    entries: EntryRepository,
+    policy: PolicyService,
+    ingestor: EventIngestor,
+) -> None:
+    """``runtime.recent_events`` bounds input.recent (OPA's input handling costs per KB of
+    input on every decision): the newest of the pod's earlier events, this one left out."""
+    quarantine = QuarantineService(database, audit=runtime_audit)
+    responder = _responder(database, runtime_audit, entries, policy, quarantine, None, recent_max=3)
+    alerts = [parse_alert(_noisy(i, "Notice")) for i in range(6)]
+    stored = ingestor.ingest(alerts, "http")
+    recent = responder.policy_input(NewEvent(alerts[5], stored[5], "http"), [])["recent"]
+    assert [r["event_id"] for r in recent] == [stored[i].event_id for i in (4, 3, 2)]
+    none = _responder(database, runtime_audit, entries, policy, quarantine, None, recent_max=0)
+    assert none.policy_input(NewEvent(alerts[5], stored[5], "http"), [])["recent"] == []
