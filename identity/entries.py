@@ -216,19 +216,32 @@ def validate_spec(spec: EntrySpec, trust_domain: TrustDomain | None) -> None:
         raise EntryError(f"spiffe_id {spec.spiffe_id} needs a path: it names a workload")
 
 
-def _row_to_entry(row: Any, memo: dict[str, Any] | None = None) -> Entry:
-    """An entry from its stored row, validated again (SPIFFE ID, selectors). ``memo`` (text ->
-    parsed value) is shared by the rows of one read: most entries of a cluster repeat the same
-    parent ID and namespace selectors, and parsing them again was most of the ~40 us an entry
-    cost, which the runtime correlator pays for every entry on each full read."""
-    if memo is None:
-        memo = {}
+@dataclass
+class _ReadMemo:
+    """Parsed values shared by the rows of one read: most entries of a cluster repeat the
+    same parent ID and namespace selectors, and parsing them again was most of the ~40 us an
+    entry cost, which the runtime correlator pays for every entry on each full read."""
+
+    ids: dict[str, SpiffeId] = field(default_factory=dict)
+    selectors: dict[str, Selector] = field(default_factory=dict)
+
+
+def _parsed(cache: dict[str, Any], text: str, parse: Callable[[str], Any]) -> Any:
+    value = cache.get(text)
+    if value is None:
+        value = cache[text] = parse(text)
+    return value
+
+
+def _row_to_entry(row: Any, memo: _ReadMemo | None = None) -> Entry:
+    """An entry from its stored row, validated again (SPIFFE ID, selectors)."""
+    memo = memo or _ReadMemo()
     parent = row.parent_id
     return Entry(
         id=row.id,
         spiffe_id=SpiffeId.parse(row.spiffe_id),
-        parent_id=(_memo(memo, parent, SpiffeId.parse) if parent else None),
-        selectors=tuple(sorted(_memo(memo, s, Selector.parse) for s in row.selectors)),
+        parent_id=_parsed(memo.ids, parent, SpiffeId.parse) if parent else None,
+        selectors=tuple(sorted(_parsed(memo.selectors, s, Selector.parse) for s in row.selectors)),
         x509_svid_ttl=row.x509_svid_ttl,
         jwt_svid_ttl=row.jwt_svid_ttl,
         dns_names=tuple(row.dns_names),
@@ -239,15 +252,6 @@ def _row_to_entry(row: Any, memo: dict[str, Any] | None = None) -> Entry:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
-
-
-def _memo(memo: dict[str, Any], text: str, parse: Callable[[str], Any]) -> Any:
-    # keyed by kind and text: a selector and a SPIFFE ID never share a cache slot
-    key = f"{parse.__qualname__}\0{text}"
-    value = memo.get(key)
-    if value is None:
-        value = memo[key] = parse(text)
-    return value
 
 
 class EntryRepository:
@@ -329,7 +333,7 @@ class EntryRepository:
         # 400 entries inside it held every writer up for 30-40 ms); rows are built after
         with self.db.engine.connect() as conn:
             rows = conn.execute(query).all()
-        memo: dict[str, Any] = {}
+        memo = _ReadMemo()
         return [_row_to_entry(r, memo) for r in rows]
 
     def version(self) -> tuple[int, int, Any]:

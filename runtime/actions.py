@@ -397,7 +397,7 @@ class Responder:
             # A decision that acts is decision-logged before its actions run (and each action's
             # record names it); one that does not is counted, and logged only with
             # runtime.log_empty_decisions. Under a flood nearly every event is such a
-            # decision, and its record (the alert, the pod's last 50 events) cost more than
+            # decision, and its record (the alert, the pod's recent events) cost more than
             # the evaluation. The event's own runtime.event record is written either way.
             if actions or self._log_empty:
                 self._policy.log_decision(decision, input_)

@@ -238,7 +238,7 @@ class EventStore:
         self._window = timedelta(seconds=dedup_window_s)
         self._clock = clock
         # (row id, event id) -> its ``recent`` summary: those columns never change once stored,
-        # and a noisy workload's last 50 events are summarised again for each of its new
+        # and a noisy workload's recent events are summarised again for each of its new
         # events. Keyed by the event id too: SQLite's ids restart below a pruned maximum.
         self._summaries: dict[tuple[int, str], dict[str, Any]] = {}
 

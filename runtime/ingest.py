@@ -164,15 +164,18 @@ class EventIngestor:
         trace_id: str | None = None,
         submitter: str | None = None,
     ) -> Future[list[StoreResult]]:
-        if self._closed:
-            raise StoreError("event ingestion is stopped")
-        self.start()
+        self._accepting()
         future: Future[list[StoreResult]] = Future()
         if not alerts:
             future.set_result([])
             return future
         self._queue.put(_Job(alerts, ingest, trace_id, submitter, future=future))
         return future
+
+    def _accepting(self) -> None:
+        if self._closed:
+            raise StoreError("event ingestion is stopped")
+        self.start()
 
     def submit_async(
         self,
@@ -186,9 +189,7 @@ class EventIngestor:
         writer resolves the futures of everything one commit held with one wake-up of each
         loop, where ``asyncio.wrap_future`` costs a wake-up and two callbacks per request
         (about a third of the event loop's own work on a single-alert POST)."""
-        if self._closed:
-            raise StoreError("event ingestion is stopped")
-        self.start()
+        self._accepting()
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[list[StoreResult]] = loop.create_future()
         if not alerts:
